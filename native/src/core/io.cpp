@@ -1,0 +1,278 @@
+#include "io.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <stdexcept>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <fcntl.h>
+#include <random>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#ifdef _WIN32
+#include <direct.h>
+#include <io.h>
+#include <windows.h>
+#define AS_O_BINARY O_BINARY
+#else
+#include <unistd.h>
+#define AS_O_BINARY 0
+#endif
+#ifndef O_CLOEXEC
+#define O_CLOEXEC 0
+#endif
+
+namespace agent_swarm::io {
+
+namespace {
+#ifdef _WIN32
+using stat_t = struct _stat64;
+int do_fstat(int fd, stat_t* st) { return _fstat64(fd, st); }
+int do_lstat(const char* p, stat_t* st) { return _stat64(p, st); }
+#else
+using stat_t = struct stat;
+int do_fstat(int fd, stat_t* st) { return ::fstat(fd, st); }
+int do_lstat(const char* p, stat_t* st) { return ::lstat(p, st); }
+#endif
+}  // namespace
+
+File File::open_read(const std::string& path) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | AS_O_BINARY);
+    if (fd < 0) throw_errno("cannot open", path);
+    File f(fd, path);
+    stat_t st{};
+    if (do_fstat(fd, &st) != 0) throw_errno("cannot stat", path);
+    if ((st.st_mode & S_IFMT) == S_IFDIR) throw PathError(EISDIR, "is a directory", path);
+    return f;
+}
+
+File& File::operator=(File&& o) noexcept {
+    if (this != &o) {
+        close();
+        fd_ = o.fd_;
+        path_ = std::move(o.path_);
+        o.fd_ = -1;
+    }
+    return *this;
+}
+
+File::~File() { close(); }
+
+void File::close() {
+    if (fd_ >= 0) {
+        ::close(fd_);
+        fd_ = -1;
+    }
+}
+
+uint64_t File::size() const {
+    stat_t st{};
+    if (do_fstat(fd_, &st) != 0) throw_errno("cannot stat", path_);
+    return uint64_t(st.st_size);
+}
+
+uint64_t File::allocated_bytes() const {
+    stat_t st{};
+    if (do_fstat(fd_, &st) != 0) throw_errno("cannot stat", path_);
+#ifdef _WIN32
+    return uint64_t(st.st_size);
+#else
+    return uint64_t(st.st_blocks) * 512u;
+#endif
+}
+
+size_t File::pread(void* buf, size_t n, uint64_t off) const {
+    auto* p = static_cast<uint8_t*>(buf);
+    size_t done = 0;
+    while (done < n) {
+#ifdef _WIN32
+        if (_lseeki64(fd_, int64_t(off + done), SEEK_SET) < 0) throw_errno("cannot seek", path_);
+        int r = ::_read(fd_, p + done, unsigned(std::min<size_t>(n - done, 1u << 30)));
+#else
+        ssize_t r = ::pread(fd_, p + done, n - done, off_t(off + done));
+#endif
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            throw_errno("cannot read", path_);
+        }
+        if (r == 0) break;
+        done += size_t(r);
+    }
+    return done;
+}
+
+void File::pread_exact(void* buf, size_t n, uint64_t off, const char* what) const {
+    if (pread(buf, n, off) != n)
+        throw ImageError(path_, std::string("truncated image: cannot read ") + what);
+}
+
+void File::pwrite_all(const void* buf, size_t n, uint64_t off) const {
+    auto* p = static_cast<const uint8_t*>(buf);
+    size_t done = 0;
+    while (done < n) {
+#ifdef _WIN32
+        if (_lseeki64(fd_, int64_t(off + done), SEEK_SET) < 0) throw_errno("cannot seek", path_);
+        int r = ::_write(fd_, p + done, unsigned(std::min<size_t>(n - done, 1u << 30)));
+#else
+        ssize_t r = ::pwrite(fd_, p + done, n - done, off_t(off + done));
+#endif
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            throw_errno("cannot write", path_);
+        }
+        done += size_t(r);
+    }
+}
+
+void File::truncate(uint64_t size) const {
+#ifdef _WIN32
+    if (_chsize_s(fd_, int64_t(size)) != 0) throw_errno("cannot resize", path_);
+#else
+    if (::ftruncate(fd_, off_t(size)) != 0) throw_errno("cannot resize", path_);
+#endif
+}
+
+void File::sync() const {
+#ifdef _WIN32
+    if (_commit(fd_) != 0) throw_errno("cannot flush", path_);
+#else
+    if (::fsync(fd_) != 0) throw_errno("cannot flush", path_);
+#endif
+}
+
+bool exists(const std::string& path) {
+    stat_t st{};
+    return do_lstat(path.c_str(), &st) == 0;
+}
+
+bool is_absolute(const std::string& path) {
+#ifdef _WIN32
+    return (path.size() > 2 && path[1] == ':' && (path[2] == '\\' || path[2] == '/')) ||
+           (path.size() > 1 && (path[0] == '\\' || path[0] == '/'));
+#else
+    return !path.empty() && path[0] == '/';
+#endif
+}
+
+static bool is_sep(char c) {
+#ifdef _WIN32
+    return c == '/' || c == '\\';
+#else
+    return c == '/';
+#endif
+}
+
+std::string dirname(const std::string& path) {
+    size_t i = path.size();
+    while (i > 0 && !is_sep(path[i - 1])) --i;
+    if (i == 0) return ".";
+    size_t j = i;
+    while (j > 1 && is_sep(path[j - 1])) --j;
+    return path.substr(0, j);
+}
+
+std::string resolve_relative(const std::string& base_file, const std::string& rel) {
+    if (is_absolute(rel)) return rel;
+    std::string d = dirname(base_file);
+    if (d == ".") return rel;
+    return d + "/" + rel;
+}
+
+std::string absolute(const std::string& path) {
+    if (is_absolute(path)) return path;
+    char buf[4096];
+#ifdef _WIN32
+    if (!_getcwd(buf, sizeof buf)) throw_errno("cannot get current directory", path);
+#else
+    if (!::getcwd(buf, sizeof buf)) throw_errno("cannot get current directory", path);
+#endif
+    return std::string(buf) + "/" + path;
+}
+
+// ---- AtomicOutput ----
+
+static std::string temp_name_for(const std::string& final_path) {
+    static std::atomic<uint64_t> counter{0};
+    std::random_device rd;
+    uint64_t r = (uint64_t(rd()) << 32) ^ rd() ^
+                 uint64_t(std::chrono::steady_clock::now().time_since_epoch().count()) ^
+                 (counter.fetch_add(1) << 48);
+    std::string d = dirname(final_path);
+    size_t i = final_path.size();
+    while (i > 0 && !is_sep(final_path[i - 1])) --i;
+    std::string base = final_path.substr(i);
+    char suffix[32];
+    std::snprintf(suffix, sizeof suffix, ".%016llx.tmp", (unsigned long long)r);
+    bool has_dir = false;
+    for (char c : final_path) has_dir = has_dir || is_sep(c);
+    return (has_dir ? d + "/" : std::string()) + "." + base + suffix;
+}
+
+AtomicOutput::AtomicOutput(std::string final_path, bool overwrite)
+    : final_path_(std::move(final_path)), overwrite_(overwrite) {
+    if (final_path_.empty()) throw std::invalid_argument("destination path is empty");
+    if (!overwrite_ && exists(final_path_))
+        throw PathError(EEXIST, "destination already exists", final_path_);
+    for (int attempt = 0; attempt < 16; ++attempt) {
+        temp_path_ = temp_name_for(final_path_);
+        int fd = ::open(temp_path_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | AS_O_BINARY,
+                        0644);
+        if (fd >= 0) {
+            file_ = File(fd, temp_path_);
+            return;
+        }
+        if (errno != EEXIST) throw_errno("cannot create", final_path_);
+    }
+    throw PathError(EEXIST, "cannot create a unique temporary file", final_path_);
+}
+
+AtomicOutput::~AtomicOutput() {
+    if (!committed_) {
+        file_.close();
+        if (!temp_path_.empty()) ::unlink(temp_path_.c_str());
+    }
+}
+
+void AtomicOutput::set_mode(unsigned mode) const {
+#ifndef _WIN32
+    if (::fchmod(file_.fd(), mode_t(mode & 07777)) != 0) throw_errno("cannot chmod", temp_path_);
+#else
+    (void)mode;
+#endif
+}
+
+void AtomicOutput::commit() {
+    file_.sync();
+    file_.close();
+#ifdef _WIN32
+    if (!MoveFileExA(temp_path_.c_str(), final_path_.c_str(),
+                     overwrite_ ? MOVEFILE_REPLACE_EXISTING : 0)) {
+        int e = GetLastError() == ERROR_ALREADY_EXISTS || GetLastError() == ERROR_FILE_EXISTS
+                    ? EEXIST
+                    : EIO;
+        throw PathError(e, "cannot move into place", final_path_, temp_path_);
+    }
+#else
+    if (overwrite_) {
+        if (::rename(temp_path_.c_str(), final_path_.c_str()) != 0)
+            throw_errno("cannot move into place", final_path_, temp_path_);
+    } else {
+        // link(2) fails with EEXIST instead of replacing: no race with a concurrent writer.
+        if (::link(temp_path_.c_str(), final_path_.c_str()) != 0)
+            throw_errno(errno == EEXIST ? "destination already exists" : "cannot move into place",
+                        final_path_);
+        ::unlink(temp_path_.c_str());
+    }
+    // Make the rename durable.
+    int dfd = ::open(dirname(final_path_).c_str(), O_RDONLY | O_CLOEXEC);
+    if (dfd >= 0) {
+        ::fsync(dfd);
+        ::close(dfd);
+    }
+#endif
+    committed_ = true;
+}
+
+}  // namespace agent_swarm::io

@@ -1,0 +1,103 @@
+// Internal I/O helpers for the native core: RAII file handles, full positional reads and
+// writes, endian helpers, and an atomic output file (temp file + rename, never clobbers).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+#include "agent_swarm/errors.hpp"
+
+namespace agent_swarm::io {
+
+// ---- endian helpers (formats: qcow2 is big-endian, VHDX little-endian) ----
+inline uint16_t be16(const uint8_t* p) { return uint16_t(p[0]) << 8 | p[1]; }
+inline uint32_t be32(const uint8_t* p) {
+    return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | p[3];
+}
+inline uint64_t be64(const uint8_t* p) { return uint64_t(be32(p)) << 32 | be32(p + 4); }
+inline void put_be16(uint8_t* p, uint16_t v) { p[0] = uint8_t(v >> 8); p[1] = uint8_t(v); }
+inline void put_be32(uint8_t* p, uint32_t v) {
+    for (int i = 3; i >= 0; --i) { p[i] = uint8_t(v); v >>= 8; }
+}
+inline void put_be64(uint8_t* p, uint64_t v) {
+    for (int i = 7; i >= 0; --i) { p[i] = uint8_t(v); v >>= 8; }
+}
+inline uint16_t le16(const uint8_t* p) { return uint16_t(p[1]) << 8 | p[0]; }
+inline uint32_t le32(const uint8_t* p) {
+    return uint32_t(p[3]) << 24 | uint32_t(p[2]) << 16 | uint32_t(p[1]) << 8 | p[0];
+}
+inline uint64_t le64(const uint8_t* p) { return uint64_t(le32(p + 4)) << 32 | le32(p); }
+inline void put_le16(uint8_t* p, uint16_t v) { p[0] = uint8_t(v); p[1] = uint8_t(v >> 8); }
+inline void put_le32(uint8_t* p, uint32_t v) {
+    for (int i = 0; i < 4; ++i) { p[i] = uint8_t(v); v >>= 8; }
+}
+inline void put_le64(uint8_t* p, uint64_t v) {
+    for (int i = 0; i < 8; ++i) { p[i] = uint8_t(v); v >>= 8; }
+}
+
+// ---- files ----
+class File {
+public:
+    File() = default;
+    // Open for reading. Directories are refused with EISDIR.
+    static File open_read(const std::string& path);
+    File(File&& o) noexcept : fd_(o.fd_), path_(std::move(o.path_)) { o.fd_ = -1; }
+    File& operator=(File&& o) noexcept;
+    File(const File&) = delete;
+    File& operator=(const File&) = delete;
+    ~File();
+
+    int fd() const noexcept { return fd_; }
+    const std::string& path() const noexcept { return path_; }
+    uint64_t size() const;              // st_size
+    uint64_t allocated_bytes() const;   // st_blocks * 512 (size on Windows)
+    // Read exactly n bytes at off; returns the number read (< n only at EOF).
+    size_t pread(void* buf, size_t n, uint64_t off) const;
+    // Read exactly n bytes at off or throw ImageError("truncated ...").
+    void pread_exact(void* buf, size_t n, uint64_t off, const char* what) const;
+    void pwrite_all(const void* buf, size_t n, uint64_t off) const;
+    void truncate(uint64_t size) const;
+    void sync() const;
+    void close();
+
+    File(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
+
+private:
+    int fd_ = -1;
+    std::string path_;
+};
+
+// A new file next to `final_path` (same directory, hidden unique name, mode 0644 unless
+// set_mode is called) that becomes `final_path` on commit(). Destruction without commit()
+// removes the temporary file. commit() refuses to replace an existing file unless
+// `overwrite` (PathError EEXIST) and fsyncs before renaming.
+class AtomicOutput {
+public:
+    explicit AtomicOutput(std::string final_path, bool overwrite = false);
+    ~AtomicOutput();
+    AtomicOutput(const AtomicOutput&) = delete;
+    AtomicOutput& operator=(const AtomicOutput&) = delete;
+
+    const File& file() const noexcept { return file_; }
+    const std::string& temp_path() const noexcept { return temp_path_; }
+    const std::string& final_path() const noexcept { return final_path_; }
+    void set_mode(unsigned mode) const;
+    void commit();
+
+private:
+    std::string final_path_;
+    std::string temp_path_;
+    bool overwrite_;
+    bool committed_ = false;
+    File file_;
+};
+
+bool exists(const std::string& path);           // lstat succeeds
+std::string dirname(const std::string& path);   // "." for a bare name
+bool is_absolute(const std::string& path);
+// `rel` resolved against the directory of `base_file` (unchanged if already absolute).
+std::string resolve_relative(const std::string& base_file, const std::string& rel);
+std::string absolute(const std::string& path);  // realpath-free absolutization (cwd join)
+
+}  // namespace agent_swarm::io
