@@ -1,0 +1,68 @@
+"""Shared option types and helpers for the command modules."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import click
+
+from agent_swarm.errors import AgentSwarmError
+from agent_swarm.names import NAME_RE, NAME_RULE
+
+_SIZE_RE = re.compile(r"(?i)\s*(\d+)\s*([kmgt]i?b?|b)?\s*")
+_UNITS = {"": 1 << 20, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+class Size(click.ParamType):
+    """A byte size like ``4G``, ``512M`` or ``4096`` (default unit: ``default_unit``)."""
+
+    name = "size"
+
+    def __init__(self, default_unit: str = "m") -> None:
+        self.default_unit = default_unit
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        m = _SIZE_RE.fullmatch(str(value))
+        if not m:
+            self.fail(f"{value!r} is not a size (examples: 4G, 512M, 20G)", param, ctx)
+        unit = (m.group(2) or self.default_unit)[0].lower()
+        n = int(m.group(1)) * _UNITS[unit]
+        if n <= 0:
+            self.fail(f"{value!r} must be larger than zero", param, ctx)
+        return n
+
+
+class Name(click.ParamType):
+    """A VM/project/image name, validated before any command code runs."""
+
+    name = "name"
+
+    def __init__(self, kind: str = "name") -> None:
+        self.kind = kind
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if not isinstance(value, str) or NAME_RE.fullmatch(value) is None:
+            self.fail(f"invalid {self.kind} {value!r}: must be {NAME_RULE}", param, ctx)
+        return value
+
+
+TASK = Name("task name")
+PROJECT = Name("project name")
+IMAGE = Name("base image name")
+
+
+def not_yet(what: str) -> AgentSwarmError:
+    return AgentSwarmError(
+        f"{what} is not implemented in this version of agent-swarm yet",
+        hint="see `agent-swarm providers` for what this host and version can run",
+    )
+
+
+def require_provider(name: str | None = None) -> Any:
+    """The provider to use (raises ProviderUnavailable with a hint when it cannot run)."""
+    from agent_swarm.providers import get_provider
+
+    return get_provider(name)

@@ -1,0 +1,70 @@
+"""Per-invocation state shared by commands: output mode and a lazily opened registry."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from agent_swarm.registry import Registry
+
+
+@dataclass
+class AppContext:
+    as_json: bool = False
+    debug: bool = False
+    _registry: Registry | None = field(default=None, repr=False)
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            from agent_swarm import paths
+            from agent_swarm.registry import Registry
+
+            paths.ensure_home()
+            self._registry = Registry(paths.registry_path())
+        return self._registry
+
+    def close(self) -> None:
+        if self._registry is not None:
+            self._registry.close()
+            self._registry = None
+
+    # ---- output ----
+    def emit(self, data: Any, human: str | None = None) -> None:
+        """Print ``data`` as JSON in --json mode, else the human text (if any)."""
+        if self.as_json:
+            click.echo(json.dumps(data, indent=2, default=str))
+        elif human is not None:
+            click.echo(human)
+
+    def info(self, message: str) -> None:
+        """Progress/notice line: stderr, so stdout stays clean for data and --json."""
+        click.echo(message, err=True)
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """Left-aligned columns separated by two spaces (no trailing whitespace)."""
+    cols = [headers, *rows]
+    widths = [max(len(str(r[i])) for r in cols) for i in range(len(headers))]
+    lines = []
+    for r in cols:
+        lines.append("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def obj(ctx: click.Context | None = None) -> AppContext:
+    c = ctx or click.get_current_context()
+    app = c.find_object(AppContext)
+    if app is None:  # invoked without the root group (tests calling a subcommand)
+        app = AppContext()
+        c.obj = app
+    return app
+
+
+def stdout_is_tty() -> bool:
+    return sys.stdout.isatty()

@@ -1,0 +1,75 @@
+"""Can this host run VMs through libvirt + QEMU? Cheap checks only (no VM is started)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import shutil
+import sys
+
+from agent_swarm.providers._probe_util import implementation_check, unix_socket_accepts
+from agent_swarm.providers.base import Check, ProbeResult
+
+LIBVIRT_SOCKETS = ("/run/libvirt/libvirt-sock", "/var/run/libvirt/libvirt-sock")
+QEMU_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+
+
+def qemu_binary() -> str | None:
+    arch = QEMU_ARCH.get(platform.machine().lower(), platform.machine().lower())
+    return shutil.which(f"qemu-system-{arch}")
+
+
+def probe() -> ProbeResult:
+    checks: list[Check] = []
+    if not sys.platform.startswith("linux"):
+        checks.append(Check("host", False, f"libvirt/QEMU is used on Linux, not {sys.platform}"))
+        return ProbeResult("libvirt", "Linux libvirt/QEMU", False, tuple(checks))
+    checks.append(implementation_check("agent_swarm.providers.libvirt.provider"))
+    has_binding = importlib.util.find_spec("libvirt") is not None
+    checks.append(
+        Check(
+            "libvirt-python",
+            has_binding,
+            "installed" if has_binding else "the libvirt Python binding is not installed",
+            hint=None
+            if has_binding
+            else "apt install libvirt-dev pkg-config && pip install 'agent-swarm[libvirt]'",
+        )
+    )
+    qemu = qemu_binary()
+    checks.append(
+        Check(
+            "qemu",
+            qemu is not None,
+            qemu or "no qemu-system binary for this architecture on PATH",
+            hint=None if qemu else "apt install qemu-system-x86 (or qemu-system-arm on arm64)",
+        )
+    )
+    sock = next((s for s in LIBVIRT_SOCKETS if os.path.exists(s)), None)
+    up = sock is not None and unix_socket_accepts(sock)
+    checks.append(
+        Check(
+            "libvirtd",
+            up,
+            f"listening on {sock}" if up else "libvirtd is not running (no libvirt socket)",
+            hint=None
+            if up
+            else "apt install libvirt-daemon-system, then `systemctl start libvirtd` "
+            "(or `libvirtd -d` as root)",
+        )
+    )
+    kvm_ok = os.access("/dev/kvm", os.R_OK | os.W_OK)
+    checks.append(
+        Check(
+            "kvm",
+            kvm_ok,
+            "/dev/kvm is usable (verified by a bounded guest probe before first use)"
+            if kvm_ok
+            else "no usable /dev/kvm: VMs run under software emulation (TCG), much slower",
+            hint=None if kvm_ok else "enable virtualization in the BIOS / nested virtualization",
+            required=False,
+        )
+    )
+    available = all(c.ok for c in checks if c.required)
+    return ProbeResult("libvirt", "Linux libvirt/QEMU", available, tuple(checks))

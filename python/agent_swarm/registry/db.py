@@ -1,0 +1,369 @@
+"""SQLite registry in WAL mode with versioned migrations.
+
+* The schema version is ``PRAGMA user_version``; migrations are the numbered ``*.sql`` files in
+  ``agent_swarm/registry/migrations`` and each one runs in its own transaction, so a crash
+  mid-migration leaves the previous version intact.
+* Every multi-step change runs inside :meth:`Registry.transaction` (``BEGIN IMMEDIATE``), so
+  concurrent agent-swarm processes never see half of it. Writers wait up to ``busy_timeout``
+  for each other instead of failing.
+* A database written by a newer agent-swarm (higher user_version) is refused, not downgraded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from agent_swarm.errors import AlreadyExists, ImageNotFound, InvalidState, ProjectNotFound
+from agent_swarm.errors import InstanceNotFound, RegistryError
+from agent_swarm.models import BaseImage, Generation, Project, Task
+from agent_swarm.names import validate_name
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    out = []
+    for entry in resources.files("agent_swarm.registry.migrations").iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:4].isdigit():
+            out.append((int(name[:4]), name, entry.read_text(encoding="utf-8")))
+    out.sort()
+    for i, (num, name, _) in enumerate(out, start=1):
+        if num != i:
+            raise RuntimeError(f"migration numbering gap at {name}")  # a packaging bug
+    return out
+
+
+SCHEMA_VERSION = len(_migrations())
+
+
+class Registry:
+    """One connection to the registry database. Not shared between threads."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise RegistryError(
+                f"cannot open the registry {self.path}: {exc}",
+                hint="check that AGENT_SWARM_HOME points to a writable directory",
+            ) from exc
+        self._conn.row_factory = sqlite3.Row
+        try:
+            os.chmod(self.path, 0o600)
+            self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise RegistryError(f"cannot switch {self.path} to WAL mode (got {mode})")
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise RegistryError(
+                f"the registry {self.path} is unreadable: {exc}",
+                hint="restore it from a backup, or move it away to start afresh",
+            ) from exc
+
+    # ---- lifecycle ----
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        current = self.schema_version
+        if current > SCHEMA_VERSION:
+            raise RegistryError(
+                f"the registry {self.path} has schema version {current}, newer than this "
+                f"agent-swarm understands ({SCHEMA_VERSION})",
+                hint="upgrade agent-swarm (pip install -U agent-swarm)",
+            )
+        for num, name, sql in _migrations():
+            if num <= current:
+                continue
+            try:
+                # executescript runs the whole migration and the version bump as one
+                # transaction; on failure it is rolled back below.
+                self._conn.executescript(
+                    f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {num};\nCOMMIT;"
+                )
+            except sqlite3.Error as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                # Another process may have migrated concurrently; re-check before failing.
+                if self.schema_version >= num:
+                    continue
+                raise RegistryError(f"migration {name} failed: {exc}") from exc
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on any exception."""
+        if self._conn.in_transaction:  # nested: join the outer transaction
+            yield self._conn
+            return
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        else:
+            self._conn.execute("COMMIT")
+
+    def _one(self, sql: str, args: tuple[Any, ...]) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self._conn.execute(sql, args).fetchone()
+        return row
+
+    # ---- base images ----
+    def add_base_image(
+        self,
+        name: str,
+        *,
+        path: str,
+        format: str,
+        virtual_size: int,
+        source: str,
+        sha256: str | None = None,
+    ) -> BaseImage:
+        validate_name(name, "base image name")
+        try:
+            with self.transaction() as c:
+                c.execute(
+                    "INSERT INTO base_images (name, path, format, virtual_size, source, sha256)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (name, path, format, virtual_size, source, sha256),
+                )
+        except sqlite3.IntegrityError as exc:
+            if self._one("SELECT 1 FROM base_images WHERE name = ?", (name,)):
+                raise AlreadyExists(
+                    f"base image {name!r} already exists",
+                    hint="choose another --name, or remove the existing one first",
+                ) from exc
+            raise RegistryError(f"cannot register base image {name!r}: {exc}") from exc
+        return self.get_base_image(name)
+
+    def get_base_image(self, name: str) -> BaseImage:
+        row = self._one("SELECT * FROM base_images WHERE name = ?", (name,))
+        if row is None:
+            raise ImageNotFound(
+                f"no base image named {name!r}",
+                hint="list them with `agent-swarm init-base --list`, or create one with "
+                "`agent-swarm init-base`",
+            )
+        return BaseImage(**dict(row))
+
+    def list_base_images(self) -> list[BaseImage]:
+        rows = self._conn.execute("SELECT * FROM base_images ORDER BY name").fetchall()
+        return [BaseImage(**dict(r)) for r in rows]
+
+    def remove_base_image(self, name: str) -> None:
+        with self.transaction() as c:
+            self.get_base_image(name)
+            used = c.execute(
+                "SELECT name FROM projects WHERE base_image = ? ORDER BY name", (name,)
+            ).fetchall()
+            if used:
+                raise InvalidState(
+                    f"base image {name!r} is used by project(s) "
+                    + ", ".join(r[0] for r in used),
+                    hint="delete those projects first",
+                )
+            c.execute("DELETE FROM base_images WHERE name = ?", (name,))
+
+    # ---- projects ----
+    def add_project(
+        self,
+        name: str,
+        *,
+        base_image: str,
+        provider: str,
+        cpus: int,
+        memory_mib: int,
+        disk_gib: int,
+    ) -> Project:
+        validate_name(name, "project name")
+        try:
+            with self.transaction() as c:
+                self.get_base_image(base_image)
+                c.execute(
+                    "INSERT INTO projects (name, base_image, provider, cpus, memory_mib, "
+                    "disk_gib) VALUES (?, ?, ?, ?, ?, ?)",
+                    (name, base_image, provider, cpus, memory_mib, disk_gib),
+                )
+        except sqlite3.IntegrityError as exc:
+            if self._one("SELECT 1 FROM projects WHERE name = ?", (name,)):
+                raise AlreadyExists(
+                    f"project {name!r} already exists",
+                    hint="choose another name, or `agent-swarm project delete` it first",
+                ) from exc
+            raise RegistryError(f"cannot register project {name!r}: {exc}") from exc
+        return self.get_project(name)
+
+    def get_project(self, name: str) -> Project:
+        row = self._one("SELECT * FROM projects WHERE name = ?", (name,))
+        if row is None:
+            raise ProjectNotFound(
+                f"no project named {name!r}",
+                hint="see `agent-swarm project list`, or create it with "
+                "`agent-swarm project create`",
+            )
+        return Project(**dict(row))
+
+    def list_projects(self) -> list[Project]:
+        rows = self._conn.execute("SELECT * FROM projects ORDER BY name").fetchall()
+        return [Project(**dict(r)) for r in rows]
+
+    def remove_project(self, name: str) -> None:
+        with self.transaction() as c:
+            self.get_project(name)
+            tasks = c.execute(
+                "SELECT name FROM tasks WHERE project = ? ORDER BY name", (name,)
+            ).fetchall()
+            if tasks:
+                raise InvalidState(
+                    f"project {name!r} still has task(s) " + ", ".join(r[0] for r in tasks),
+                    hint=f"delete them first: `agent-swarm bulk delete --project {name}`",
+                )
+            c.execute("DELETE FROM ports WHERE owner_kind = 'project' AND owner_name = ?", (name,))
+            c.execute("DELETE FROM env_vars WHERE scope = ?", (name,))
+            c.execute("DELETE FROM projects WHERE name = ?", (name,))
+
+    # ---- template generations ----
+    def add_generation(self, project: str, path: str) -> Generation:
+        """Record a new sealed generation (number = previous + 1) and return it."""
+        with self.transaction() as c:
+            self.get_project(project)
+            (last,) = c.execute(
+                "SELECT COALESCE(MAX(generation), 0) FROM generations WHERE project = ?",
+                (project,),
+            ).fetchone()
+            c.execute(
+                "INSERT INTO generations (project, generation, path) VALUES (?, ?, ?)",
+                (project, last + 1, path),
+            )
+        return self.get_generation(project, last + 1)
+
+    def get_generation(self, project: str, generation: int) -> Generation:
+        row = self._one(
+            "SELECT * FROM generations WHERE project = ? AND generation = ?",
+            (project, generation),
+        )
+        if row is None:
+            raise InvalidState(f"project {project!r} has no template generation {generation}")
+        return Generation(**dict(row))
+
+    def latest_generation(self, project: str) -> Generation | None:
+        row = self._one(
+            "SELECT * FROM generations WHERE project = ? ORDER BY generation DESC LIMIT 1",
+            (project,),
+        )
+        return Generation(**dict(row)) if row else None
+
+    def list_generations(self, project: str) -> list[Generation]:
+        rows = self._conn.execute(
+            "SELECT * FROM generations WHERE project = ? ORDER BY generation", (project,)
+        ).fetchall()
+        return [Generation(**dict(r)) for r in rows]
+
+    # ---- tasks ----
+    def add_task(
+        self, name: str, *, project: str, provider: str, cpus: int, memory_mib: int
+    ) -> Task:
+        """Register a task on the project's newest template generation."""
+        validate_name(name, "task name")
+        try:
+            with self.transaction() as c:
+                self.get_project(project)
+                gen = self.latest_generation(project)
+                if gen is None:
+                    raise InvalidState(
+                        f"project {project!r} has no template yet",
+                        hint=f"set it up, then seal it with `agent-swarm project stop {project}`",
+                    )
+                c.execute(
+                    "INSERT INTO tasks (name, project, generation, provider, cpus, memory_mib)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (name, project, gen.generation, provider, cpus, memory_mib),
+                )
+        except sqlite3.IntegrityError as exc:
+            if self._one("SELECT 1 FROM tasks WHERE name = ?", (name,)):
+                raise AlreadyExists(
+                    f"task {name!r} already exists",
+                    hint="choose another name, or `agent-swarm delete` it first",
+                ) from exc
+            raise RegistryError(f"cannot register task {name!r}: {exc}") from exc
+        return self.get_task(name)
+
+    def get_task(self, name: str) -> Task:
+        row = self._one("SELECT * FROM tasks WHERE name = ?", (name,))
+        if row is None:
+            raise InstanceNotFound(
+                f"no task named {name!r}", hint="see `agent-swarm list` for the tasks there are"
+            )
+        return Task(**dict(row))
+
+    def list_tasks(self, project: str | None = None) -> list[Task]:
+        if project is None:
+            rows = self._conn.execute("SELECT * FROM tasks ORDER BY name").fetchall()
+        else:
+            rows = self._conn.execute(
+                "SELECT * FROM tasks WHERE project = ? ORDER BY name", (project,)
+            ).fetchall()
+        return [Task(**dict(r)) for r in rows]
+
+    def remove_task(self, name: str) -> None:
+        with self.transaction() as c:
+            self.get_task(name)
+            c.execute("DELETE FROM ports WHERE owner_kind = 'task' AND owner_name = ?", (name,))
+            c.execute("DELETE FROM tasks WHERE name = ?", (name,))
+
+    # ---- ports ----
+    def allocate_port(self, owner_kind: str, owner_name: str, candidates: Iterator[int]) -> int:
+        """Reserve the first free port from ``candidates`` for one VM (idempotent per VM).
+
+        The ``ports`` primary key makes the reservation safe across processes; callers still
+        check that the port is free on the host before offering it.
+        """
+        with self.transaction() as c:
+            row = c.execute(
+                "SELECT port FROM ports WHERE owner_kind = ? AND owner_name = ?",
+                (owner_kind, owner_name),
+            ).fetchone()
+            if row:
+                return int(row[0])
+            for port in candidates:
+                try:
+                    c.execute(
+                        "INSERT INTO ports (port, owner_kind, owner_name) VALUES (?, ?, ?)",
+                        (port, owner_kind, owner_name),
+                    )
+                except sqlite3.IntegrityError:
+                    continue
+                return port
+        raise InvalidState("no free loopback port left for SSH forwarding")
+
+    def port_of(self, owner_kind: str, owner_name: str) -> int | None:
+        row = self._one(
+            "SELECT port FROM ports WHERE owner_kind = ? AND owner_name = ?",
+            (owner_kind, owner_name),
+        )
+        return int(row[0]) if row else None

@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from agent_swarm.errors import (
+    AlreadyExists,
+    ImageNotFound,
+    InstanceNotFound,
+    InvalidName,
+    InvalidState,
+    ProjectNotFound,
+    RegistryError,
+)
+from agent_swarm.registry import SCHEMA_VERSION, Registry
+
+
+@pytest.fixture
+def reg(tmp_path: Path) -> Registry:
+    r = Registry(tmp_path / "registry.db")
+    yield r
+    r.close()
+
+
+def _base(reg: Registry, name: str = "debian-12") -> None:
+    reg.add_base_image(name, path=f"/img/{name}.qcow2", format="qcow2", virtual_size=1 << 30,
+                       source="build:debian-12")
+
+
+def _project(reg: Registry, name: str = "myapp") -> None:
+    reg.add_project(name, base_image="debian-12", provider="libvirt", cpus=2, memory_mib=2048,
+                    disk_gib=20)
+
+
+def test_new_database_is_wal_versioned_and_private(tmp_path: Path) -> None:
+    db = tmp_path / "state" / "registry.db"
+    with Registry(db) as r:
+        assert r.schema_version == SCHEMA_VERSION >= 1
+    assert (db.stat().st_mode & 0o777) == 0o600
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"base_images", "projects", "generations", "tasks", "ports", "env_vars"} <= tables
+
+
+def test_reopen_does_not_migrate_again(tmp_path: Path) -> None:
+    db = tmp_path / "registry.db"
+    with Registry(db) as r:
+        _base(r)
+    with Registry(db) as r:
+        assert [b.name for b in r.list_base_images()] == ["debian-12"]
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "registry.db"
+    Registry(db).close()
+    con = sqlite3.connect(db)
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    con.close()
+    with pytest.raises(RegistryError, match="newer than this agent-swarm") as ei:
+        Registry(db)
+    assert "upgrade" in (ei.value.hint or "")
+
+
+def test_garbage_file_is_a_clear_error(tmp_path: Path) -> None:
+    db = tmp_path / "registry.db"
+    db.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(RegistryError, match="unreadable") as ei:
+        Registry(db)
+    assert ei.value.hint
+
+
+def test_full_lifecycle_and_constraints(reg: Registry) -> None:
+    _base(reg)
+    with pytest.raises(AlreadyExists):
+        _base(reg)
+    with pytest.raises(ImageNotFound):
+        reg.add_project("x", base_image="nope", provider="libvirt", cpus=1, memory_mib=512,
+                        disk_gib=1)
+    assert reg.list_projects() == []
+    _project(reg)
+    with pytest.raises(AlreadyExists):
+        _project(reg)
+    # A task needs a sealed generation first.
+    with pytest.raises(InvalidState, match="no template yet") as ei:
+        reg.add_task("t1", project="myapp", provider="libvirt", cpus=1, memory_mib=1024)
+    assert "project stop myapp" in (ei.value.hint or "")
+    assert reg.list_tasks() == []
+    g1 = reg.add_generation("myapp", "/x/gen-1.qcow2")
+    g2 = reg.add_generation("myapp", "/x/gen-2.qcow2")
+    assert (g1.generation, g2.generation) == (1, 2)
+    t = reg.add_task("t1", project="myapp", provider="libvirt", cpus=1, memory_mib=1024)
+    assert t.generation == 2
+    with pytest.raises(AlreadyExists):
+        reg.add_task("t1", project="myapp", provider="libvirt", cpus=1, memory_mib=1024)
+    with pytest.raises(ProjectNotFound):
+        reg.add_task("t2", project="nope", provider="libvirt", cpus=1, memory_mib=1024)
+    # The project and the base cannot go while they are used.
+    with pytest.raises(InvalidState, match="t1"):
+        reg.remove_project("myapp")
+    with pytest.raises(InvalidState, match="myapp"):
+        reg.remove_base_image("debian-12")
+    reg.remove_task("t1")
+    with pytest.raises(InstanceNotFound):
+        reg.get_task("t1")
+    reg.remove_project("myapp")
+    assert reg.list_generations("myapp") == []  # cascaded
+    reg.remove_base_image("debian-12")
+    assert reg.list_base_images() == []
+
+
+@pytest.mark.parametrize("bad", ["", "A", "-x", "a_b", "a.b", "a/b", "../x", "x" * 64, "a b",
+                                 "é", "a\n"])
+def test_names_are_validated_before_anything_is_written(reg: Registry, bad: str) -> None:
+    _base(reg)
+    with pytest.raises(InvalidName):
+        reg.add_project(bad, base_image="debian-12", provider="libvirt", cpus=1,
+                        memory_mib=512, disk_gib=1)
+    assert reg.list_projects() == []
+
+
+def test_failed_transaction_leaves_nothing(reg: Registry) -> None:
+    _base(reg)
+    with pytest.raises(RuntimeError):
+        with reg.transaction() as c:
+            c.execute("INSERT INTO projects (name, base_image, provider, cpus, memory_mib, "
+                      "disk_gib) VALUES ('p', 'debian-12', 'libvirt', 1, 512, 1)")
+            raise RuntimeError("crash in the middle")
+    assert reg.list_projects() == []
+
+
+def test_ports_are_unique_across_processes_and_idempotent(tmp_path: Path) -> None:
+    db = tmp_path / "registry.db"
+    Registry(db).close()
+    got: dict[str, int] = {}
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            with Registry(db) as r:  # one connection per thread, like separate processes
+                got[f"t{i}"] = r.allocate_port("task", f"t{i}", iter(range(40000, 40100)))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(set(got.values())) == 16
+    with Registry(db) as r:
+        assert r.allocate_port("task", "t3", iter(range(40000, 40100))) == got["t3"]
+        assert r.port_of("task", "t3") == got["t3"]
+        assert r.port_of("task", "nope") is None
