@@ -33,12 +33,17 @@ def agent_swarm_exe() -> str:
 def cli(swarm_home: Path):  # type: ignore[no-untyped-def]
     """Run the real `agent-swarm` executable; returns CompletedProcess (text)."""
 
-    def run(*args: str, input: str | None = None, env: dict[str, str] | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, input: str | None = None, env: dict[str, str] | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         e = {**os.environ, "AGENT_SWARM_HOME": str(swarm_home), **(env or {})}
         return subprocess.run(
-            [agent_swarm_exe(), *args], input=input, capture_output=True, text=True,
-            env=e, timeout=timeout,
+            [agent_swarm_exe(), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            env=e,
+            timeout=timeout,
         )
 
     return run

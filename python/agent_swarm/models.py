@@ -47,7 +47,7 @@ class Task:
     created_at: str
 
 
-class InstanceState(str, enum.Enum):
+class InstanceState(enum.StrEnum):
     """Runtime state, always read live from the provider."""
 
     RUNNING = "running"

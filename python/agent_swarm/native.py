@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 try:
-    from agent_swarm import _native
+    import agent_swarm._native as _native
 except ImportError as exc:  # pragma: no cover - depends on the build
     raise ImportError(
         "agent_swarm._native (the compiled core) could not be imported: "
@@ -134,12 +134,12 @@ def clone_file(
     """
     if mode not in ("auto", "reflink", "copy"):
         raise ValueError(f"mode must be 'auto', 'reflink' or 'copy', not {mode!r}")
-    return _native.clone_file(_fs(src), _fs(dst), mode, bool(overwrite))  # type: ignore[no-any-return]
+    return cast(CloneMethod, _native.clone_file(_fs(src), _fs(dst), mode, bool(overwrite)))
 
 
 def detect_format(path: StrPath) -> ImageFormat:
     """Return ``"qcow2"``, ``"vhdx"`` or ``"raw"`` from the file's magic bytes."""
-    return _native.detect_format(_fs(path))  # type: ignore[no-any-return]
+    return cast(ImageFormat, _native.detect_format(_fs(path)))
 
 
 def _info(d: dict[str, object], chain: tuple[ImageInfo, ...] = ()) -> ImageInfo:

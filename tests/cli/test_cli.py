@@ -16,13 +16,38 @@ GROUPS = {
 }
 # Every command of the original tool (seed README) must exist.
 SEED_COMMANDS = [
-    "init-base", "project create", "project list", "project ssh", "project stop",
-    "project run", "project code", "project delete", "create", "list", "ssh", "run", "code",
-    "start", "stop", "delete", "cp", "bulk create", "bulk delete", "env set", "env list",
-    "env rm", "checkpoint", "restore", "status", "providers",
+    "init-base",
+    "project create",
+    "project list",
+    "project ssh",
+    "project stop",
+    "project run",
+    "project code",
+    "project delete",
+    "create",
+    "list",
+    "ssh",
+    "run",
+    "code",
+    "start",
+    "stop",
+    "delete",
+    "cp",
+    "bulk create",
+    "bulk delete",
+    "env set",
+    "env list",
+    "env rm",
+    "checkpoint",
+    "restore",
+    "status",
+    "providers",
 ]
-ALL = [c for c in COMMANDS if c not in GROUPS] + [f"{g} {s}" for g, subs in GROUPS.items()
-                                                   for s in subs] + list(GROUPS)
+ALL = (
+    [c for c in COMMANDS if c not in GROUPS]
+    + [f"{g} {s}" for g, subs in GROUPS.items() for s in subs]
+    + list(GROUPS)
+)
 
 
 def test_seed_commands_are_all_present() -> None:
@@ -54,9 +79,16 @@ def test_version(cli) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_usage_errors_exit_2_without_traceback(cli) -> None:  # type: ignore[no-untyped-def]
-    for args in (["nope"], ["create", "Bad_Name", "x"], ["create", "p"], ["project", "create"],
-                 ["project", "create", "p", "--memory", "lots"], ["env", "set", "1BAD"],
-                 ["bulk", "delete"], ["init-base", "--image", "x", "--build", "debian-12"]):
+    for args in (
+        ["nope"],
+        ["create", "Bad_Name", "x"],
+        ["create", "p"],
+        ["project", "create"],
+        ["project", "create", "p", "--memory", "lots"],
+        ["env", "set", "1BAD"],
+        ["bulk", "delete"],
+        ["init-base", "--image", "x", "--build", "debian-12"],
+    ):
         r = cli(*args)
         assert r.returncode == 2, (args, r.stderr)
         assert "Traceback" not in r.stderr
@@ -120,10 +152,12 @@ def test_list_shows_registered_rows(cli, swarm_home: Path) -> None:  # type: ign
 
     swarm_home.mkdir()
     with Registry(swarm_home / "registry.db") as r:
-        r.add_base_image("deb", path="/i.qcow2", format="qcow2", virtual_size=1 << 30,
-                         source="build:debian-12")
-        r.add_project("myapp", base_image="deb", provider="libvirt", cpus=2, memory_mib=2048,
-                      disk_gib=10)
+        r.add_base_image(
+            "deb", path="/i.qcow2", format="qcow2", virtual_size=1 << 30, source="build:debian-12"
+        )
+        r.add_project(
+            "myapp", base_image="deb", provider="libvirt", cpus=2, memory_mib=2048, disk_gib=10
+        )
         r.add_generation("myapp", "/g1.qcow2")
         r.add_task("fix-login", project="myapp", provider="libvirt", cpus=2, memory_mib=2048)
     out = cli("list").stdout

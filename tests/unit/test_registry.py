@@ -26,13 +26,19 @@ def reg(tmp_path: Path) -> Registry:
 
 
 def _base(reg: Registry, name: str = "debian-12") -> None:
-    reg.add_base_image(name, path=f"/img/{name}.qcow2", format="qcow2", virtual_size=1 << 30,
-                       source="build:debian-12")
+    reg.add_base_image(
+        name,
+        path=f"/img/{name}.qcow2",
+        format="qcow2",
+        virtual_size=1 << 30,
+        source="build:debian-12",
+    )
 
 
 def _project(reg: Registry, name: str = "myapp") -> None:
-    reg.add_project(name, base_image="debian-12", provider="libvirt", cpus=2, memory_mib=2048,
-                    disk_gib=20)
+    reg.add_project(
+        name, base_image="debian-12", provider="libvirt", cpus=2, memory_mib=2048, disk_gib=20
+    )
 
 
 def test_new_database_is_wal_versioned_and_private(tmp_path: Path) -> None:
@@ -79,8 +85,9 @@ def test_full_lifecycle_and_constraints(reg: Registry) -> None:
     with pytest.raises(AlreadyExists):
         _base(reg)
     with pytest.raises(ImageNotFound):
-        reg.add_project("x", base_image="nope", provider="libvirt", cpus=1, memory_mib=512,
-                        disk_gib=1)
+        reg.add_project(
+            "x", base_image="nope", provider="libvirt", cpus=1, memory_mib=512, disk_gib=1
+        )
     assert reg.list_projects() == []
     _project(reg)
     with pytest.raises(AlreadyExists):
@@ -113,23 +120,26 @@ def test_full_lifecycle_and_constraints(reg: Registry) -> None:
     assert reg.list_base_images() == []
 
 
-@pytest.mark.parametrize("bad", ["", "A", "-x", "a_b", "a.b", "a/b", "../x", "x" * 64, "a b",
-                                 "é", "a\n"])
+@pytest.mark.parametrize(
+    "bad", ["", "A", "-x", "a_b", "a.b", "a/b", "../x", "x" * 64, "a b", "é", "a\n"]
+)
 def test_names_are_validated_before_anything_is_written(reg: Registry, bad: str) -> None:
     _base(reg)
     with pytest.raises(InvalidName):
-        reg.add_project(bad, base_image="debian-12", provider="libvirt", cpus=1,
-                        memory_mib=512, disk_gib=1)
+        reg.add_project(
+            bad, base_image="debian-12", provider="libvirt", cpus=1, memory_mib=512, disk_gib=1
+        )
     assert reg.list_projects() == []
 
 
 def test_failed_transaction_leaves_nothing(reg: Registry) -> None:
     _base(reg)
-    with pytest.raises(RuntimeError):
-        with reg.transaction() as c:
-            c.execute("INSERT INTO projects (name, base_image, provider, cpus, memory_mib, "
-                      "disk_gib) VALUES ('p', 'debian-12', 'libvirt', 1, 512, 1)")
-            raise RuntimeError("crash in the middle")
+    with pytest.raises(RuntimeError), reg.transaction() as c:
+        c.execute(
+            "INSERT INTO projects (name, base_image, provider, cpus, memory_mib, "
+            "disk_gib) VALUES ('p', 'debian-12', 'libvirt', 1, 512, 1)"
+        )
+        raise RuntimeError("crash in the middle")
     assert reg.list_projects() == []
 
 

@@ -8,6 +8,7 @@ traceback is shown only with ``--debug`` or ``AGENT_SWARM_DEBUG=1``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -85,8 +86,9 @@ class SwarmGroup(LazyGroup):
         debug = os.environ.get("AGENT_SWARM_DEBUG") == "1" or "--debug" in argv
         as_json = "--json" in argv
         try:
-            rv = super().main(args=argv, prog_name=prog_name or "agent-swarm",
-                              standalone_mode=False, **extra)
+            rv = super().main(
+                args=argv, prog_name=prog_name or "agent-swarm", standalone_mode=False, **extra
+            )
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
         except click.ClickException as exc:
@@ -130,10 +132,8 @@ def _report(msg: str, hint: str | None, code: int, as_json: bool, prefix: str = 
 
 
 def _flush_quietly() -> None:
-    try:
+    with contextlib.suppress(OSError, ValueError):
         sys.stdout.flush()
-    except (OSError, ValueError):
-        pass
 
 
 def _devnull_stdout() -> None:

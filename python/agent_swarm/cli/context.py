@@ -53,7 +53,7 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(r[i])) for r in cols) for i in range(len(headers))]
     lines = []
     for r in cols:
-        lines.append("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip())
+        lines.append("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=False)).rstrip())
     return "\n".join(lines)
 
 

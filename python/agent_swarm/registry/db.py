@@ -19,8 +19,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from agent_swarm.errors import AlreadyExists, ImageNotFound, InvalidState, ProjectNotFound
-from agent_swarm.errors import InstanceNotFound, RegistryError
+from agent_swarm.errors import (
+    AlreadyExists,
+    ImageNotFound,
+    InstanceNotFound,
+    InvalidState,
+    ProjectNotFound,
+    RegistryError,
+)
 from agent_swarm.models import BaseImage, Generation, Project, Task
 from agent_swarm.names import validate_name
 
@@ -183,8 +189,7 @@ class Registry:
             ).fetchall()
             if used:
                 raise InvalidState(
-                    f"base image {name!r} is used by project(s) "
-                    + ", ".join(r[0] for r in used),
+                    f"base image {name!r} is used by project(s) " + ", ".join(r[0] for r in used),
                     hint="delete those projects first",
                 )
             c.execute("DELETE FROM base_images WHERE name = ?", (name,))

@@ -14,7 +14,7 @@ _SIZE_RE = re.compile(r"(?i)\s*(\d+)\s*([kmgt]i?b?|b)?\s*")
 _UNITS = {"": 1 << 20, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
-class Size(click.ParamType):
+class Size(click.ParamType):  # type: ignore[type-arg]
     """A byte size like ``4G``, ``512M`` or ``4096`` (default unit: ``default_unit``)."""
 
     name = "size"
@@ -35,7 +35,7 @@ class Size(click.ParamType):
         return n
 
 
-class Name(click.ParamType):
+class Name(click.ParamType):  # type: ignore[type-arg]
     """A VM/project/image name, validated before any command code runs."""
 
     name = "name"

@@ -27,7 +27,9 @@ def project() -> None:
 @click.option("--base", type=IMAGE, help="Base image to start from (default: the only/newest one).")
 @click.option("--cpus", type=click.IntRange(1, 256), default=2, show_default=True)
 @click.option("--memory", type=Size("m"), default="4G", show_default=True, help="RAM, e.g. 4G.")
-@click.option("--disk", type=Size("g"), default="20G", show_default=True, help="Disk size, e.g. 40G.")
+@click.option(
+    "--disk", type=Size("g"), default="20G", show_default=True, help="Disk size, e.g. 40G."
+)
 def create(name: str, base: str | None, cpus: int, memory: int, disk: int) -> None:
     """Create a project VM from a base image, boot it and wait until it is ready."""
     require_provider()
@@ -69,8 +71,13 @@ def start(name: str) -> None:
 
 @project.command("stop")
 @click.argument("name", type=PROJECT)
-@click.option("--timeout", type=click.FloatRange(0), default=120, show_default=True,
-              help="Seconds to wait for a graceful shutdown before forcing it off.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0),
+    default=120,
+    show_default=True,
+    help="Seconds to wait for a graceful shutdown before forcing it off.",
+)
 @click.option("--no-seal", is_flag=True, help="Only stop; do not seal a new template generation.")
 def stop(name: str, timeout: float, no_seal: bool) -> None:
     """Stop a project VM and seal its disk as the new template generation for tasks."""

@@ -29,8 +29,10 @@ def list_(project: str | None) -> None:
         [asdict(t) for t in tasks],
         table(
             ["NAME", "PROJECT", "GEN", "CPUS", "MEMORY"],
-            [[t.name, t.project, str(t.generation), str(t.cpus), f"{t.memory_mib} MiB"]
-             for t in tasks],
+            [
+                [t.name, t.project, str(t.generation), str(t.cpus), f"{t.memory_mib} MiB"]
+                for t in tasks
+            ],
         )
         if tasks
         else "No task VMs. Create one with `agent-swarm create PROJECT TASK`.",

@@ -12,7 +12,9 @@ from agent_swarm.providers.base import Check, ProbeResult
 def probe() -> ProbeResult:
     checks: list[Check] = []
     if sys.platform != "darwin":
-        checks.append(Check("host", False, f"Virtualization.framework is macOS-only, not {sys.platform}"))
+        checks.append(
+            Check("host", False, f"Virtualization.framework is macOS-only, not {sys.platform}")
+        )
         return ProbeResult("vz", "macOS Virtualization.framework", False, tuple(checks))
     release = platform.mac_ver()[0] or "0"
     major = int(release.split(".")[0] or 0)
