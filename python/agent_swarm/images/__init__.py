@@ -1,0 +1,1 @@
+"""Base images: building, downloading and registering cloud-style disk images."""
