@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,8 @@ class Project:
     cpus: int
     memory_mib: int
     disk_gib: int
+    network: str
+    host_key: str
     created_at: str
 
 
@@ -44,6 +47,8 @@ class Task:
     provider: str
     cpus: int
     memory_mib: int
+    network: str
+    host_key: str
     created_at: str
 
 
@@ -64,3 +69,18 @@ class SSHEndpoint:
     host: str
     port: int
     user: str
+
+
+@dataclass(frozen=True, slots=True)
+class VMSpec:
+    """Everything a provider needs to define one VM (built by the core, not the provider)."""
+
+    kind: str  # "project" | "task"
+    name: str
+    cpus: int
+    memory_mib: int
+    disk: Path  # qcow2 overlay
+    seed: Path  # cloud-init NoCloud seed (attached read-only)
+    serial_log: Path
+    ssh_port: int  # loopback port forwarded to the guest's port 22 (user networking)
+    network: str = "user"  # "user" (default) | "nat"

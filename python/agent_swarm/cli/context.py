@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
+    from agent_swarm.cli.progress import Progress
     from agent_swarm.registry import Registry
+    from agent_swarm.swarm import Swarm
 
 
 @dataclass
@@ -18,6 +20,8 @@ class AppContext:
     as_json: bool = False
     debug: bool = False
     _registry: Registry | None = field(default=None, repr=False)
+    _swarm: Swarm | None = field(default=None, repr=False)
+    _progress: Progress | None = field(default=None, repr=False)
 
     @property
     def registry(self) -> Registry:
@@ -29,7 +33,27 @@ class AppContext:
             self._registry = Registry(paths.registry_path())
         return self._registry
 
+    @property
+    def progress(self) -> Progress:
+        if self._progress is None:
+            from agent_swarm.cli.progress import Progress
+
+            self._progress = Progress()
+        return self._progress
+
+    @property
+    def swarm(self) -> Swarm:
+        if self._swarm is None:
+            from agent_swarm.swarm import Swarm
+
+            self._swarm = Swarm(self.registry, progress=self.progress)
+        return self._swarm
+
     def close(self) -> None:
+        if self._progress is not None:
+            self._progress.done()
+        if self._swarm is not None and self._swarm._provider is not None:
+            self._swarm._provider.close()
         if self._registry is not None:
             self._registry.close()
             self._registry = None

@@ -111,9 +111,22 @@ menuentry 'Debian GNU/Linux 12 (agent-swarm)' {{
 """
 
 GRUB_COMMON_MODULES = [
-    "part_msdos", "ext2", "search", "search_label", "normal", "linux", "configfile",
-    "echo", "test", "serial", "terminal", "gzio", "boot", "ls", "cat",
-]  # fmt: skip
+    "part_msdos",
+    "ext2",
+    "search",
+    "search_label",
+    "normal",
+    "linux",
+    "configfile",
+    "echo",
+    "test",
+    "serial",
+    "terminal",
+    "gzio",
+    "boot",
+    "ls",
+    "cat",
+]
 GRUB_PC_MODULES = ["biosdisk", *GRUB_COMMON_MODULES]
 GRUB_EFI_MODULES = ["fat", "efi_gop", "all_video", *GRUB_COMMON_MODULES]
 
@@ -134,10 +147,23 @@ Progress = Callable[[str], None]
 def recipe_hash() -> str:
     """A short hash of everything that determines the image's content."""
     data = json.dumps(
-        [RECIPE_VERSION, SUITE, PACKAGES, CLOUD_CFG, NETWORKD, SSHD, FSTAB, GRUB_CFG,
-         GRUB_EARLY, GRUB_PC_MODULES, GRUB_EFI_MODULES, DISK_SIZE, ESP_SIZE],
+        [
+            RECIPE_VERSION,
+            SUITE,
+            PACKAGES,
+            CLOUD_CFG,
+            NETWORKD,
+            SSHD,
+            FSTAB,
+            GRUB_CFG,
+            GRUB_EARLY,
+            GRUB_PC_MODULES,
+            GRUB_EFI_MODULES,
+            DISK_SIZE,
+            ESP_SIZE,
+        ],
         sort_keys=True,
-    )  # fmt: skip
+    )
     return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
@@ -253,8 +279,11 @@ def prepare_rootfs(root: Path, log: Path) -> None:
     if resolv.exists() or resolv.is_symlink():
         resolv.unlink()
     resolv.symlink_to("../run/systemd/resolve/stub-resolv.conf")
-    _run(["chroot", str(root), "systemctl", "enable", "systemd-networkd", "systemd-resolved"],
-         "enabling systemd-networkd", log)  # fmt: skip
+    _run(
+        ["chroot", str(root), "systemctl", "enable", "systemd-networkd", "systemd-resolved"],
+        "enabling systemd-networkd",
+        log,
+    )
     # Leave no build leftovers.
     for d in ("var/lib/apt/lists", "var/cache/apt", "tmp", "var/tmp"):
         for p in (root / d).glob("*"):
@@ -282,8 +311,9 @@ def mbr(disk_signature: int) -> bytes:
 
     def entry(active: bool, ptype: int, start: int, size: int) -> bytes:
         chs = b"\xfe\xff\xff"  # LBA only
-        return struct.pack("<B3sB3sII", 0x80 if active else 0, chs, ptype, chs,
-                           start // 512, size // 512)  # fmt: skip
+        return struct.pack(
+            "<B3sB3sII", 0x80 if active else 0, chs, ptype, chs, start // 512, size // 512
+        )
 
     boot[0x1BE:0x1CE] = entry(False, 0xEF, ESP_START, ESP_SIZE)
     boot[0x1CE:0x1DE] = entry(True, 0x83, ROOT_START, DISK_SIZE - ROOT_START)
@@ -296,13 +326,13 @@ def embed_core(core: bytes) -> bytes:
     sectors = (len(core) + 511) // 512
     if sectors + 1 > ESP_START // 512:
         raise AgentSwarmError("GRUB core.img does not fit before the first partition")
-    core = bytearray(core + bytes(sectors * 512 - len(core)))
+    buf = bytearray(core + bytes(sectors * 512 - len(core)))
     # diskboot.img's blocklist (last 12 bytes of its sector): start=2, len, segment 0x820.
-    start, _, seg = struct.unpack_from("<QHH", core, 0x1F4)
+    start, _, seg = struct.unpack_from("<QHH", buf, 0x1F4)
     if start != 2 or seg != 0x820:
         raise AgentSwarmError("unexpected GRUB diskboot.img layout")
-    struct.pack_into("<QHH", core, 0x1F4, 2, sectors - 1, seg)
-    return bytes(core)
+    struct.pack_into("<QHH", buf, 0x1F4, 2, sectors - 1, seg)
+    return bytes(buf)
 
 
 def build(dest: Path, *, progress: Progress = lambda s: None, keep_dir: Path | None = None) -> Path:
@@ -321,9 +351,21 @@ def build(dest: Path, *, progress: Progress = lambda s: None, keep_dir: Path | N
     try:
         root = work / "rootfs"
         progress("installing Debian 12 packages (mmdebstrap)")
-        _run(["mmdebstrap", "--variant=minbase", "--components=main", "--mode=root",
-              "--include=" + ",".join(PACKAGES), SUITE, str(root), *sources],
-             "mmdebstrap", log, env={**os.environ, "LC_ALL": "C.UTF-8"})  # fmt: skip
+        _run(
+            [
+                "mmdebstrap",
+                "--variant=minbase",
+                "--components=main",
+                "--mode=root",
+                "--include=" + ",".join(PACKAGES),
+                SUITE,
+                str(root),
+                *sources,
+            ],
+            "mmdebstrap",
+            log,
+            env={**os.environ, "LC_ALL": "C.UTF-8"},
+        )
         progress("preparing the system for cloud use")
         prepare_rootfs(root, log)
 
@@ -331,21 +373,70 @@ def build(dest: Path, *, progress: Progress = lambda s: None, keep_dir: Path | N
         raw = work / "disk.raw"
         with open(raw, "wb") as f:
             f.truncate(DISK_SIZE)
-        _run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", ROOT_LABEL, "-U", str(uuid.uuid4()),
-              "-d", str(root), "-E", f"offset={ROOT_START}", str(raw),
-              f"{(DISK_SIZE - ROOT_START) // 1024}k"], "mke2fs", log)  # fmt: skip
+        _run(
+            [
+                "mke2fs",
+                "-q",
+                "-F",
+                "-t",
+                "ext4",
+                "-L",
+                ROOT_LABEL,
+                "-U",
+                str(uuid.uuid4()),
+                "-d",
+                str(root),
+                "-E",
+                f"offset={ROOT_START}",
+                str(raw),
+                f"{(DISK_SIZE - ROOT_START) // 1024}k",
+            ],
+            "mke2fs",
+            log,
+        )
 
         progress("installing GRUB for BIOS and UEFI")
         early = work / "early.cfg"
         early.write_text(GRUB_EARLY)
         core, efi = work / "core.img", work / "BOOTX64.EFI"
-        _run(["grub-mkimage", "-O", "i386-pc", "-o", str(core), "-c", str(early),
-              "-p", "/boot/grub", *GRUB_PC_MODULES], "grub-mkimage (BIOS)", log)  # fmt: skip
-        _run(["grub-mkimage", "-O", "x86_64-efi", "-o", str(efi), "-c", str(early),
-              "-p", "/boot/grub", *GRUB_EFI_MODULES], "grub-mkimage (UEFI)", log)  # fmt: skip
+        _run(
+            [
+                "grub-mkimage",
+                "-O",
+                "i386-pc",
+                "-o",
+                str(core),
+                "-c",
+                str(early),
+                "-p",
+                "/boot/grub",
+                *GRUB_PC_MODULES,
+            ],
+            "grub-mkimage (BIOS)",
+            log,
+        )
+        _run(
+            [
+                "grub-mkimage",
+                "-O",
+                "x86_64-efi",
+                "-o",
+                str(efi),
+                "-c",
+                str(early),
+                "-p",
+                "/boot/grub",
+                *GRUB_EFI_MODULES,
+            ],
+            "grub-mkimage (UEFI)",
+            log,
+        )
         esp = work / "esp.img"
-        _run(["mkfs.fat", "-F", "32", "-n", "EFI", "-C", str(esp), str(ESP_SIZE // 1024)],
-             "mkfs.fat", log)  # fmt: skip
+        _run(
+            ["mkfs.fat", "-F", "32", "-n", "EFI", "-C", str(esp), str(ESP_SIZE // 1024)],
+            "mkfs.fat",
+            log,
+        )
         mt = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
         _run(["mmd", "-i", str(esp), "::/EFI", "::/EFI/BOOT"], "mmd", log, env=mt)
         _run(["mcopy", "-i", str(esp), str(efi), "::/EFI/BOOT/BOOTX64.EFI"], "mcopy", log, env=mt)
@@ -359,9 +450,14 @@ def build(dest: Path, *, progress: Progress = lambda s: None, keep_dir: Path | N
 
         progress("converting to qcow2")
         tmp = work / "disk.qcow2"
-        _run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(tmp)],
-             "qemu-img convert", log)  # fmt: skip
+        _run(
+            ["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(tmp)],
+            "qemu-img convert",
+            log,
+        )
         os.chmod(tmp, 0o644)
+        # The kernel, for the KVM probe (agent_swarm.providers.libvirt.accel).
+        shutil.copyfile(root / "vmlinuz", dest.with_suffix(".vmlinuz"))
         os.replace(tmp, dest)
     except BaseException:
         if keep_dir is None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from agent_swarm.errors import UnsupportedByProvider
-from agent_swarm.models import InstanceState, SSHEndpoint
+from agent_swarm.models import InstanceState, SSHEndpoint, VMSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +61,11 @@ class ProviderInfo:
 
 
 class Provider(abc.ABC):
-    """A VM backend. Implementations live in ``agent_swarm.providers.<name>``."""
+    """A VM backend. Implementations live in ``agent_swarm.providers.<name>``.
+
+    Every method takes the :class:`~agent_swarm.models.VMSpec` the core built (disk, seed,
+    console log, forwarded port); runtime state is always read live, never stored.
+    """
 
     name: ClassVar[str]
 
@@ -73,28 +77,35 @@ class Provider(abc.ABC):
         """Raise :class:`~agent_swarm.errors.ProviderUnavailable` (with a hint) if unusable."""
 
     @abc.abstractmethod
-    def create(self, name: str) -> None:
+    def define(self, spec: VMSpec) -> None:
         """Define the VM (idempotent)."""
 
     @abc.abstractmethod
-    def start(self, name: str) -> None: ...
+    def start(self, spec: VMSpec) -> None: ...
 
     @abc.abstractmethod
-    def stop(self, name: str, *, force: bool = False, timeout: float = 60) -> None: ...
+    def stop(self, spec: VMSpec, *, force: bool = False, timeout: float = 90) -> None:
+        """Graceful shutdown, forced after ``timeout`` seconds (at once with ``force``)."""
 
     @abc.abstractmethod
-    def delete(self, name: str) -> None:
-        """Remove the VM; "already gone" is success."""
+    def delete(self, spec: VMSpec) -> None:
+        """Remove the VM and its checkpoints; "already gone" is success."""
 
     @abc.abstractmethod
-    def status(self, name: str) -> tuple[InstanceState, str | None]:
+    def status(self, spec: VMSpec) -> tuple[InstanceState, str | None]:
         """Live state and, for BROKEN/MISSING, the reason. Never raises."""
 
     @abc.abstractmethod
-    def ssh_endpoint(self, name: str) -> SSHEndpoint: ...
+    def ssh_endpoint(self, spec: VMSpec) -> SSHEndpoint: ...
 
-    def checkpoint(self, name: str, tag: str) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    def checkpoint(self, spec: VMSpec, tag: str) -> None:
         raise UnsupportedByProvider("checkpoints", provider=self.name)
 
-    def restore(self, name: str, tag: str) -> None:
+    def restore(self, spec: VMSpec, tag: str) -> None:
+        raise UnsupportedByProvider("checkpoints", provider=self.name)
+
+    def list_checkpoints(self, spec: VMSpec) -> list[dict[str, Any]]:
         raise UnsupportedByProvider("checkpoints", provider=self.name)

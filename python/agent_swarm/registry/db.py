@@ -204,6 +204,8 @@ class Registry:
         cpus: int,
         memory_mib: int,
         disk_gib: int,
+        network: str = "user",
+        host_key: str = "",
     ) -> Project:
         validate_name(name, "project name")
         try:
@@ -211,8 +213,8 @@ class Registry:
                 self.get_base_image(base_image)
                 c.execute(
                     "INSERT INTO projects (name, base_image, provider, cpus, memory_mib, "
-                    "disk_gib) VALUES (?, ?, ?, ?, ?, ?)",
-                    (name, base_image, provider, cpus, memory_mib, disk_gib),
+                    "disk_gib, network, host_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (name, base_image, provider, cpus, memory_mib, disk_gib, network, host_key),
                 )
         except sqlite3.IntegrityError as exc:
             if self._one("SELECT 1 FROM projects WHERE name = ?", (name,)):
@@ -291,7 +293,15 @@ class Registry:
 
     # ---- tasks ----
     def add_task(
-        self, name: str, *, project: str, provider: str, cpus: int, memory_mib: int
+        self,
+        name: str,
+        *,
+        project: str,
+        provider: str,
+        cpus: int,
+        memory_mib: int,
+        network: str = "user",
+        host_key: str = "",
     ) -> Task:
         """Register a task on the project's newest template generation."""
         validate_name(name, "task name")
@@ -305,9 +315,9 @@ class Registry:
                         hint=f"set it up, then seal it with `agent-swarm project stop {project}`",
                     )
                 c.execute(
-                    "INSERT INTO tasks (name, project, generation, provider, cpus, memory_mib)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (name, project, gen.generation, provider, cpus, memory_mib),
+                    "INSERT INTO tasks (name, project, generation, provider, cpus, memory_mib,"
+                    " network, host_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (name, project, gen.generation, provider, cpus, memory_mib, network, host_key),
                 )
         except sqlite3.IntegrityError as exc:
             if self._one("SELECT 1 FROM tasks WHERE name = ?", (name,)):
@@ -340,6 +350,11 @@ class Registry:
             self.get_task(name)
             c.execute("DELETE FROM ports WHERE owner_kind = 'task' AND owner_name = ?", (name,))
             c.execute("DELETE FROM tasks WHERE name = ?", (name,))
+
+    def set_host_key(self, kind: str, name: str, host_key: str) -> None:
+        table = {"project": "projects", "task": "tasks"}[kind]
+        with self.transaction() as c:
+            c.execute(f"UPDATE {table} SET host_key = ? WHERE name = ?", (host_key, name))
 
     # ---- ports ----
     def allocate_port(self, owner_kind: str, owner_name: str, candidates: Iterator[int]) -> int:

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from agent_swarm.cli.context import obj
 from agent_swarm.errors import AgentSwarmError
 from agent_swarm.names import NAME_RE, NAME_RULE
 
@@ -66,3 +67,42 @@ def require_provider(name: str | None = None) -> Any:
     from agent_swarm.providers import get_provider
 
     return get_provider(name)
+
+
+def _pinned(kind: str, name: str) -> tuple[Any, str]:
+    app = obj()
+    if kind == "project":
+        return app.swarm.endpoint(kind, name), app.registry.get_project(name).host_key
+    return app.swarm.endpoint(kind, name), app.registry.get_task(name).host_key
+
+
+def exec_in_vm(kind: str, name: str, command: tuple[str, ...], *, tty: bool = False) -> int:
+    """Run a command in a running VM, streaming output; returns its exit code."""
+    import shlex
+    import sys
+
+    from agent_swarm.ssh.client import run
+
+    app = obj()
+    client = app.swarm.connect(kind, name)
+    app.progress.done()
+    try:
+        cmd = command[0] if len(command) == 1 else shlex.join(command)
+        stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer
+        return run(client, cmd, stdin=stdin, tty=tty)
+    finally:
+        client.close()
+
+
+def ssh_into_vm(kind: str, name: str) -> int:
+    """Interactive OpenSSH session (pinned host key, agent forwarding)."""
+    import subprocess
+
+    from agent_swarm.ssh.openssh import known_hosts_line, ssh_argv, write_known_hosts
+
+    app = obj()
+    app.swarm.connect(kind, name).close()  # running, and the pinned key matches
+    ep, host_key = _pinned(kind, name)
+    kh = write_known_hosts([known_hosts_line(ep, host_key)])
+    app.progress.done()
+    return subprocess.call(ssh_argv(ep, kh))

@@ -2,14 +2,20 @@ from __future__ import annotations
 
 import click
 
-from agent_swarm.cli.commands._common import TASK, not_yet, require_provider
+from agent_swarm.cli.commands._common import (
+    TASK,
+    exec_in_vm,
+    not_yet,
+    require_provider,
+    ssh_into_vm,
+)
 
 
 @click.command()
 @click.argument("task", type=TASK)
 def ssh(task: str) -> None:
-    """Interactive SSH session in a task VM, with agent forwarding and env vars injected."""
-    require_provider()
+    """Interactive SSH session in a task VM, with agent forwarding."""
+    raise SystemExit(ssh_into_vm("task", task))
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -22,7 +28,7 @@ def run(task: str, command: tuple[str, ...], tty: bool) -> None:
     \b
     Example: agent-swarm run fix-login -- make test
     """
-    require_provider()
+    raise SystemExit(exec_in_vm("task", task, command, tty=tty))
 
 
 @click.command()

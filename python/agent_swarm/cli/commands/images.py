@@ -4,7 +4,7 @@ from dataclasses import asdict
 
 import click
 
-from agent_swarm.cli.commands._common import IMAGE, require_provider
+from agent_swarm.cli.commands._common import IMAGE, not_yet
 from agent_swarm.cli.context import obj, table
 
 
@@ -44,7 +44,29 @@ def init_base(image: str | None, build: str | None, name: str | None, list_: boo
         return
     if image and build:
         raise click.UsageError("use either --image or --build, not both")
-    require_provider()
+    swarm = app.swarm
+    if build:
+        img = swarm.base_build(name or build)
+    elif image:
+        if "://" in image:
+            raise not_yet("downloading a base image from a URL")
+        img = swarm.base_register(name or _name_from(image), image)
+    else:
+        raise not_yet(
+            "downloading the Ubuntu cloud image (use `init-base --build debian-12` or "
+            "`init-base --image PATH`)"
+        )
+    app.progress.done()
+    app.emit(asdict(img), f"Base image {img.name} ready: {img.path} ({_gib(img.virtual_size)})")
+
+
+def _name_from(image: str) -> str:
+    import re
+    from pathlib import Path
+
+    stem = Path(image).name.split(".")[0].lower()
+    stem = re.sub(r"[^a-z0-9-]+", "-", stem).strip("-")[:63] or "base"
+    return stem if stem[0].isalnum() else f"base-{stem}"[:63]
 
 
 def _gib(n: int) -> str:

@@ -5,7 +5,7 @@ from dataclasses import asdict
 import click
 
 from agent_swarm.cli import LazyGroup
-from agent_swarm.cli.commands._common import IMAGE, PROJECT, Size, require_provider
+from agent_swarm.cli.commands._common import IMAGE, PROJECT, Size, exec_in_vm, ssh_into_vm
 from agent_swarm.cli.context import obj, table
 
 
@@ -24,49 +24,103 @@ def project() -> None:
 
 @project.command("create")
 @click.argument("name", type=PROJECT)
-@click.option("--base", type=IMAGE, help="Base image to start from (default: the only/newest one).")
+@click.option("--base", type=IMAGE, help="Base image to start from (default: the newest one).")
 @click.option("--cpus", type=click.IntRange(1, 256), default=2, show_default=True)
-@click.option("--memory", type=Size("m"), default="4G", show_default=True, help="RAM, e.g. 4G.")
+@click.option("--memory", type=Size("m"), default="2G", show_default=True, help="RAM, e.g. 4G.")
 @click.option(
     "--disk", type=Size("g"), default="20G", show_default=True, help="Disk size, e.g. 40G."
 )
-def create(name: str, base: str | None, cpus: int, memory: int, disk: int) -> None:
-    """Create a project VM from a base image, boot it and wait until it is ready."""
-    require_provider()
+@click.option(
+    "--network",
+    type=click.Choice(["user", "nat"]),
+    default="user",
+    show_default=True,
+    help="user: private user-mode network, SSH on a loopback port; nat: libvirt's default "
+    "network (address from DHCP).",
+)
+@click.option("--no-wait", is_flag=True, help="Return once the VM is booting.")
+def create(
+    name: str, base: str | None, cpus: int, memory: int, disk: int, network: str, no_wait: bool
+) -> None:
+    """Create a project VM from a base image, boot it and wait until it is ready.
+
+    On its first boot the VM runs ~/.agent-swarm/setup.sh (created with examples on first
+    use) as root.
+    """
+    app = obj()
+    p = app.swarm.project_create(
+        name,
+        base=base,
+        cpus=cpus,
+        memory_mib=memory >> 20,
+        disk_gib=max(1, disk >> 30),
+        network=network,
+        wait=not no_wait,
+    )
+    app.progress.done()
+    app.emit(
+        {"name": p.name, "base_image": p.base_image, "ready": not no_wait},
+        f"Project {name} is {'ready' if not no_wait else 'booting'}. Set it up with "
+        f"`agent-swarm project ssh {name}`, then seal it with `agent-swarm project stop {name}`.",
+    )
 
 
 @project.command("list")
 def list_() -> None:
-    """List projects and their template generations."""
+    """List projects, their state and template generations."""
     app = obj()
-    reg = app.registry
-    projects = reg.list_projects()
-    rows = []
-    data = []
-    for p in projects:
-        gens = reg.list_generations(p.name)
-        rows.append([p.name, p.base_image, str(p.cpus), f"{p.memory_mib} MiB", str(len(gens))])
-        data.append({**asdict(p), "generations": [g.generation for g in gens]})
+    views = app.swarm.list_projects() if app.registry.list_projects() else []
     app.emit(
-        data,
-        table(["NAME", "BASE", "CPUS", "MEMORY", "GENERATIONS"], rows)
-        if rows
+        [asdict(v) for v in views],
+        table(
+            ["NAME", "STATE", "GEN", "SSH", "CPUS", "MEMORY", "DISK USED"],
+            [
+                [
+                    v.name,
+                    v.state + (f" ({v.reason})" if v.reason else ""),
+                    str(v.generation or "-"),
+                    v.ssh or "-",
+                    str(v.cpus),
+                    f"{v.memory_mib} MiB",
+                    _size(v.disk_bytes),
+                ]
+                for v in views
+            ],
+        )
+        if views
         else "No projects yet: create one with `agent-swarm project create NAME`.",
     )
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, div in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= div:
+            return f"{n / div:.1f} {unit}"
+    return f"{n} B"
 
 
 @project.command("ssh")
 @click.argument("name", type=PROJECT)
 def ssh(name: str) -> None:
     """Open an interactive SSH session in a project VM (starts it if stopped)."""
-    require_provider()
+    app = obj()
+    from agent_swarm.models import InstanceState
+
+    p = app.registry.get_project(name)
+    if app.swarm.provider.status(app.swarm.project_spec(p))[0] is not InstanceState.RUNNING:
+        app.swarm.project_start(name)
+    raise SystemExit(ssh_into_vm("project", name))
 
 
 @project.command("start")
 @click.argument("name", type=PROJECT)
 def start(name: str) -> None:
     """Start a project VM (on a fresh overlay of its newest template generation)."""
-    require_provider()
+    app = obj()
+    app.swarm.project_start(name)
+    app.progress.done(f"Project {name} is running.")
 
 
 @project.command("stop")
@@ -80,8 +134,16 @@ def start(name: str) -> None:
 )
 @click.option("--no-seal", is_flag=True, help="Only stop; do not seal a new template generation.")
 def stop(name: str, timeout: float, no_seal: bool) -> None:
-    """Stop a project VM and seal its disk as the new template generation for tasks."""
-    require_provider()
+    """Stop a project VM and seal its disk as the new template generation for tasks.
+
+    Before sealing, the guest's identity is reset (cloud-init state, machine-id, SSH host
+    keys) so every task cloned from the template boots as a new machine.
+    """
+    app = obj()
+    gen = app.swarm.project_stop(name, timeout=timeout, seal=not no_seal)
+    app.progress.done()
+    msg = f"Project {name} stopped" + (f"; sealed template generation {gen}." if gen else ".")
+    app.emit({"name": name, "generation": gen}, msg)
 
 
 @project.command("run", context_settings={"ignore_unknown_options": True})
@@ -90,7 +152,7 @@ def stop(name: str, timeout: float, no_seal: bool) -> None:
 @click.option("-t", "--tty", is_flag=True, help="Allocate a TTY.")
 def run(name: str, command: tuple[str, ...], tty: bool) -> None:
     """Run a command in a project VM; exits with the command's exit code."""
-    require_provider()
+    raise SystemExit(exec_in_vm("project", name, command, tty=tty))
 
 
 @project.command("code")
@@ -98,12 +160,15 @@ def run(name: str, command: tuple[str, ...], tty: bool) -> None:
 @click.argument("path", required=False)
 def code(name: str, path: str | None) -> None:
     """Open VS Code (Remote-SSH) on a project VM."""
-    require_provider()
+    from agent_swarm.cli.commands._common import not_yet
+
+    raise not_yet("project code")
 
 
 @project.command("delete")
 @click.argument("name", type=PROJECT)
-@click.option("-f", "--force", is_flag=True, help="Delete even if the VM is running.")
-def delete(name: str, force: bool) -> None:
+def delete(name: str) -> None:
     """Delete a project VM, its disks and template generations (tasks must go first)."""
-    require_provider()
+    app = obj()
+    app.swarm.project_delete(name)
+    app.emit({"name": name, "deleted": True}, f"Project {name} deleted.")

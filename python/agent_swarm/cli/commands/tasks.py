@@ -4,7 +4,8 @@ from dataclasses import asdict
 
 import click
 
-from agent_swarm.cli.commands._common import PROJECT, TASK, Size, require_provider
+from agent_swarm.cli.commands._common import PROJECT, TASK, Size
+from agent_swarm.cli.commands.project import _size
 from agent_swarm.cli.context import obj, table
 
 
@@ -13,10 +14,19 @@ from agent_swarm.cli.context import obj, table
 @click.argument("task", type=TASK)
 @click.option("--cpus", type=click.IntRange(1, 256), help="vCPUs (default: the project's).")
 @click.option("--memory", type=Size("m"), help="RAM, e.g. 4G (default: the project's).")
-@click.option("--no-wait", is_flag=True, help="Return once the VM is defined and started.")
+@click.option("--no-wait", is_flag=True, help="Return once the VM is booting.")
 def create(project: str, task: str, cpus: int | None, memory: int | None, no_wait: bool) -> None:
     """Create task VM TASK cloned copy-on-write from PROJECT's newest template."""
-    require_provider()
+    app = obj()
+    t = app.swarm.task_create(
+        project, task, cpus=cpus, memory_mib=(memory >> 20) if memory else None, wait=not no_wait
+    )
+    app.progress.done()
+    app.emit(
+        asdict(t) | {"host_key": None},
+        f"Task {task} is {'ready' if not no_wait else 'booting'} "
+        f"(clone of {project} generation {t.generation}): `agent-swarm ssh {task}`.",
+    )
 
 
 @click.command("list")
@@ -24,17 +34,24 @@ def create(project: str, task: str, cpus: int | None, memory: int | None, no_wai
 def list_(project: str | None) -> None:
     """List task VMs: project, template generation, live state, SSH endpoint, disk used."""
     app = obj()
-    tasks = app.registry.list_tasks(project)
+    views = app.swarm.list_tasks(project) if app.registry.list_tasks(project) else []
     app.emit(
-        [asdict(t) for t in tasks],
+        [asdict(v) for v in views],
         table(
-            ["NAME", "PROJECT", "GEN", "CPUS", "MEMORY"],
+            ["NAME", "PROJECT", "GEN", "STATE", "SSH", "DISK USED"],
             [
-                [t.name, t.project, str(t.generation), str(t.cpus), f"{t.memory_mib} MiB"]
-                for t in tasks
+                [
+                    v.name,
+                    v.project,
+                    str(v.generation),
+                    v.state + (f" ({v.reason})" if v.reason else ""),
+                    v.ssh or "-",
+                    _size(v.disk_bytes),
+                ]
+                for v in views
             ],
         )
-        if tasks
+        if views
         else "No task VMs. Create one with `agent-swarm create PROJECT TASK`.",
     )
 
@@ -43,7 +60,9 @@ def list_(project: str | None) -> None:
 @click.argument("task", type=TASK)
 def start(task: str) -> None:
     """Start a stopped task VM and wait until SSH answers."""
-    require_provider()
+    app = obj()
+    app.swarm.task_start(task)
+    app.progress.done(f"Task {task} is running.")
 
 
 @click.command()
@@ -51,11 +70,15 @@ def start(task: str) -> None:
 @click.option("-f", "--force", is_flag=True, help="Power off at once instead of shutting down.")
 def stop(task: str, force: bool) -> None:
     """Stop a task VM (graceful ACPI shutdown, forced after a timeout)."""
-    require_provider()
+    app = obj()
+    app.swarm.task_stop(task, force=force)
+    app.progress.done(f"Task {task} stopped.")
 
 
 @click.command()
 @click.argument("task", type=TASK)
 def delete(task: str) -> None:
     """Delete a task VM, its disk, seed ISO and checkpoints."""
-    require_provider()
+    app = obj()
+    app.swarm.task_delete(task)
+    app.emit({"name": task, "deleted": True}, f"Task {task} deleted.")

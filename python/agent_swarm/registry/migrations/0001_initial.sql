@@ -19,6 +19,8 @@ CREATE TABLE projects (
     cpus        INTEGER NOT NULL CHECK (cpus > 0),
     memory_mib  INTEGER NOT NULL CHECK (memory_mib >= 256),
     disk_gib    INTEGER NOT NULL CHECK (disk_gib > 0),
+    network     TEXT NOT NULL DEFAULT 'user' CHECK (network IN ('user', 'nat')),
+    host_key    TEXT NOT NULL DEFAULT '',  -- pinned SSH host public key (OpenSSH format)
     created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
 
@@ -39,6 +41,8 @@ CREATE TABLE tasks (
     provider    TEXT NOT NULL,
     cpus        INTEGER NOT NULL CHECK (cpus > 0),
     memory_mib  INTEGER NOT NULL CHECK (memory_mib >= 256),
+    network     TEXT NOT NULL DEFAULT 'user' CHECK (network IN ('user', 'nat')),
+    host_key    TEXT NOT NULL DEFAULT '',
     created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     FOREIGN KEY (project, generation) REFERENCES generations (project, generation)
         ON DELETE RESTRICT

@@ -1,0 +1,89 @@
+"""Domain XML for agent-swarm VMs, generated here (no virt-install)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+from xml.sax.saxutils import quoteattr
+
+from agent_swarm.models import VMSpec
+
+XMLNS_QEMU = "http://libvirt.org/schemas/domain/qemu/1.0"
+XMLNS_AS = "https://agent-swarm.dev/xmlns/libvirt/1"
+NIC_ID = "asnet0"
+
+
+def mac_for(domain_name: str) -> str:
+    """A stable, locally administered MAC per domain (52:54:00 is QEMU's prefix)."""
+    h = hashlib.sha256(domain_name.encode()).digest()
+    return f"52:54:00:{h[0]:02x}:{h[1]:02x}:{h[2]:02x}"
+
+
+def domain_xml(spec: VMSpec, *, domain_name: str, accel: str, home: str) -> str:
+    a = quoteattr
+    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(
+        platform.machine().lower(), platform.machine().lower()
+    )
+    machine = "q35" if arch == "x86_64" else "virt"
+    dtype = "kvm" if accel == "kvm" else "qemu"
+    cpu = "<cpu mode='host-passthrough' check='none' migratable='off'/>" if accel == "kvm" else ""
+    uid, gid = os.getuid(), os.getgid()
+    mac = mac_for(domain_name)
+    if spec.network == "nat":
+        nic = (
+            "<interface type='network'><source network='default'/>"
+            f"<mac address='{mac}'/><model type='virtio'/></interface>"
+        )
+        cmdline = ""
+    else:
+        nic = ""
+        netdev = f"user,id={NIC_ID},hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22"
+        device = f"virtio-net-pci,netdev={NIC_ID},mac={mac},bus=pcie.0,addr=0x10"
+        cmdline = (
+            "<qemu:commandline>"
+            f"<qemu:arg value='-netdev'/><qemu:arg value={a(netdev)}/>"
+            f"<qemu:arg value='-device'/><qemu:arg value={a(device)}/>"
+            "</qemu:commandline>"
+        )
+    return f"""<domain type='{dtype}' xmlns:qemu='{XMLNS_QEMU}'>
+  <name>{domain_name}</name>
+  <title>agent-swarm {spec.kind} {spec.name}</title>
+  <metadata>
+    <as:vm xmlns:as='{XMLNS_AS}' kind={a(spec.kind)} name={a(spec.name)} home={a(home)}/>
+  </metadata>
+  <memory unit='MiB'>{spec.memory_mib}</memory>
+  <vcpu>{spec.cpus}</vcpu>
+  <os><type arch='{arch}' machine='{machine}'>hvm</type><boot dev='hd'/></os>
+  <features><acpi/><apic/></features>
+  {cpu}
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <seclabel type='static' model='dac' relabel='no'><label>+{uid}:+{gid}</label></seclabel>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' discard='unmap'/>
+      <source file={a(str(spec.disk))}/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='file' device='disk' snapshot='no'>
+      <driver name='qemu' type='raw'/>
+      <source file={a(str(spec.seed))}/>
+      <target dev='vdb' bus='virtio'/>
+      <readonly/>
+    </disk>
+    {nic}
+    <serial type='pty'>
+      <log file={a(str(spec.serial_log))} append='on'/>
+      <target port='0'/>
+    </serial>
+    <console type='pty'><target type='serial' port='0'/></console>
+    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
+    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
+    <memballoon model='virtio'/>
+  </devices>
+  {cmdline}
+</domain>
+"""

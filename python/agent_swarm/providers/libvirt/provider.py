@@ -1,0 +1,260 @@
+"""The Linux provider: VMs through libvirt (qemu:///system) and QEMU, KVM or TCG."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import Any, ClassVar
+
+import libvirt
+
+from agent_swarm import paths
+from agent_swarm.errors import InvalidState, ProviderError, ProviderUnavailable, Timeout
+from agent_swarm.models import InstanceState, SSHEndpoint, VMSpec
+from agent_swarm.providers.base import Capabilities, Provider, ProviderInfo
+from agent_swarm.providers.libvirt import accel as accel_mod
+from agent_swarm.providers.libvirt.domain import domain_xml
+
+log = logging.getLogger(__name__)
+
+URI = "qemu:///system"
+SSH_USER = "worker"
+
+_STATES = {
+    libvirt.VIR_DOMAIN_RUNNING: InstanceState.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: InstanceState.RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: InstanceState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: InstanceState.STOPPING,
+    libvirt.VIR_DOMAIN_SHUTOFF: InstanceState.STOPPED,
+    libvirt.VIR_DOMAIN_CRASHED: InstanceState.BROKEN,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: InstanceState.PAUSED,
+}
+
+
+def _quiet_libvirt() -> None:
+    # libvirt prints every error to stderr by default; we report them ourselves.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+class LibvirtProvider(Provider):
+    name: ClassVar[str] = "libvirt"
+
+    def __init__(self, uri: str = URI) -> None:
+        _quiet_libvirt()
+        self.uri = uri
+        self._conn: libvirt.virConnect | None = None
+        self._accel: accel_mod.Accel | None = None
+        self.home = str(paths.home())
+        self._tag = hashlib.sha256(self.home.encode()).hexdigest()[:6]
+
+    # ---- connection ----
+    @property
+    def conn(self) -> libvirt.virConnect:
+        if self._conn is None:
+            try:
+                self._conn = libvirt.open(self.uri)
+            except libvirt.libvirtError as exc:
+                raise ProviderUnavailable(
+                    f"cannot connect to libvirt at {self.uri}: {exc.get_error_message()}",
+                    hint="start it: `systemctl start libvirtd` (or `libvirtd -d` as root)",
+                ) from exc
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with suppress(libvirt.libvirtError):
+                self._conn.close()
+            self._conn = None
+
+    def info(self) -> ProviderInfo:
+        v = self.conn.getLibVersion()
+        return ProviderInfo(
+            self.name,
+            f"libvirt {v // 1000000}.{v // 1000 % 1000}.{v % 1000}",
+            Capabilities(("qcow2",), snapshots=True, memory_snapshots=True, suspend=True),
+        )
+
+    def check_host(self) -> None:
+        _ = self.conn
+
+    @property
+    def accel(self) -> accel_mod.Accel:
+        if self._accel is None:
+            self._accel = accel_mod.choose()
+        return self._accel
+
+    # ---- names ----
+    def domain_name(self, spec_or_kind: VMSpec | str, name: str | None = None) -> str:
+        """``agent-swarm-<home tag>-<kind>-<name>``: unique per state directory."""
+        if isinstance(spec_or_kind, VMSpec):
+            kind, name = spec_or_kind.kind, spec_or_kind.name
+        else:
+            kind = spec_or_kind
+        return f"agent-swarm-{self._tag}-{kind}-{name}"
+
+    def _lookup(self, dname: str) -> libvirt.virDomain | None:
+        try:
+            return self.conn.lookupByName(dname)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise ProviderError(f"libvirt: {exc.get_error_message()}") from exc
+
+    def _dom(self, spec: VMSpec) -> libvirt.virDomain:
+        dom = self._lookup(self.domain_name(spec))
+        if dom is None:
+            raise InvalidState(
+                f"{spec.kind} {spec.name!r} has no libvirt domain",
+                hint="`agent-swarm doctor --fix` repairs registry entries without a VM",
+            )
+        return dom
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except libvirt.libvirtError as exc:
+            raise ProviderError(f"{what}: {exc.get_error_message()}") from exc
+
+    # ---- lifecycle ----
+    def define(self, spec: VMSpec) -> None:
+        """Define (or redefine) the domain for ``spec``; idempotent."""
+        xml = domain_xml(
+            spec, domain_name=self.domain_name(spec), accel=self.accel.kind, home=self.home
+        )
+        with self._errors(f"defining the VM for {spec.kind} {spec.name!r}"):
+            self.conn.defineXML(xml)
+
+    def start(self, spec: VMSpec) -> None:
+        dom = self._dom(spec)
+        with self._errors(f"starting {spec.kind} {spec.name!r}"):
+            if not dom.isActive():
+                dom.create()
+
+    def stop(self, spec: VMSpec, *, force: bool = False, timeout: float = 90) -> None:
+        """ACPI shutdown, then power off after ``timeout`` seconds (at once with ``force``)."""
+        dom = self._dom(spec)
+        with self._errors(f"stopping {spec.kind} {spec.name!r}"):
+            if not dom.isActive():
+                return
+            if not force:
+                with suppress(libvirt.libvirtError):
+                    dom.shutdown()
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline:
+                    if not dom.isActive():
+                        return
+                    time.sleep(0.5)
+                log.info("%s did not shut down in %.0f s; forcing it off", spec.name, timeout)
+            try:
+                dom.destroy()
+            except libvirt.libvirtError:
+                if dom.isActive():
+                    raise
+
+    def delete(self, spec: VMSpec) -> None:
+        """Power off and undefine (with checkpoints); "already gone" is success."""
+        dom = self._lookup(self.domain_name(spec))
+        if dom is None:
+            return
+        with self._errors(f"deleting the VM of {spec.kind} {spec.name!r}"):
+            if dom.isActive():
+                try:
+                    dom.destroy()
+                except libvirt.libvirtError:
+                    if dom.isActive():
+                        raise
+            flags = (
+                libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+            )
+            try:
+                dom.undefineFlags(flags)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+
+    def status(self, spec: VMSpec) -> tuple[InstanceState, str | None]:
+        try:
+            dom = self._lookup(self.domain_name(spec))
+            if dom is None:
+                return InstanceState.MISSING, "no libvirt domain"
+            state, reason = dom.state()
+            st = _STATES.get(state, InstanceState.BROKEN)
+            if st is InstanceState.BROKEN:
+                return st, f"libvirt state {state} (reason {reason})"
+            return st, None
+        except (libvirt.libvirtError, ProviderError, ProviderUnavailable) as exc:
+            return InstanceState.BROKEN, str(exc)
+
+    def is_defined(self, spec: VMSpec) -> bool:
+        return self._lookup(self.domain_name(spec)) is not None
+
+    def ssh_endpoint(self, spec: VMSpec) -> SSHEndpoint:
+        if spec.network == "nat":
+            return SSHEndpoint(self._lease_address(spec), 22, SSH_USER)
+        return SSHEndpoint("127.0.0.1", spec.ssh_port, SSH_USER)
+
+    def _lease_address(self, spec: VMSpec) -> str:
+        dom = self._dom(spec)
+        with self._errors("reading the DHCP lease"):
+            ifaces = dom.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE)
+        for iface in ifaces.values():
+            for addr in iface.get("addrs") or []:
+                if addr.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4:
+                    return str(addr["addr"])
+        raise Timeout(f"{spec.name} has no DHCP lease yet")
+
+    def our_domains(self) -> list[dict[str, Any]]:
+        """Domains of this state directory: [{"domain", "kind", "name", "state"}]."""
+        prefix = f"agent-swarm-{self._tag}-"
+        out = []
+        with self._errors("listing domains"):
+            for dom in self.conn.listAllDomains():
+                n = dom.name()
+                if not n.startswith(prefix):
+                    continue
+                kind, _, name = n[len(prefix) :].partition("-")
+                state = _STATES.get(dom.state()[0], InstanceState.BROKEN)
+                out.append({"domain": n, "kind": kind, "name": name, "state": state})
+        return out
+
+    # ---- checkpoints (libvirt internal snapshots: memory too when running) ----
+    def checkpoint(self, spec: VMSpec, tag: str) -> None:
+        dom = self._dom(spec)
+        xml = f"<domainsnapshot><name>{tag}</name></domainsnapshot>"
+        with self._errors(f"checkpointing {spec.name!r}"):
+            dom.snapshotCreateXML(xml, 0)
+
+    def restore(self, spec: VMSpec, tag: str) -> None:
+        dom = self._dom(spec)
+        with self._errors(f"restoring {spec.name!r} to {tag!r}"):
+            snap = dom.snapshotLookupByName(tag)
+            dom.revertToSnapshot(snap, libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_FORCE)
+
+    def list_checkpoints(self, spec: VMSpec) -> list[dict[str, Any]]:
+        dom = self._dom(spec)
+        out = []
+        with self._errors(f"listing checkpoints of {spec.name!r}"):
+            for snap in dom.listAllSnapshots():
+                import xml.etree.ElementTree as ET
+
+                root = ET.fromstring(snap.getXMLDesc())
+                out.append(
+                    {
+                        "name": snap.getName(),
+                        "created": int(root.findtext("creationTime") or 0),
+                        "state": root.findtext("state") or "",
+                    }
+                )
+        out.sort(key=lambda d: (d["created"], d["name"]))
+        return out
+
+    def delete_checkpoint(self, spec: VMSpec, tag: str) -> None:
+        dom = self._dom(spec)
+        with self._errors(f"deleting checkpoint {tag!r} of {spec.name!r}"):
+            dom.snapshotLookupByName(tag).delete(0)

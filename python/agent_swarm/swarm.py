@@ -1,0 +1,623 @@
+"""The core workflows: base images, projects (set up once, sealed into templates), tasks.
+
+This module owns disks (through :mod:`agent_swarm.native`), cloud-init seeds, keys and the
+registry; providers only define, start, stop and inspect VMs.
+
+Disk layout (``$AGENT_SWARM_HOME``)::
+
+    base-images/<base>.qcow2              read-only after registration
+    projects/<p>/gen-<n>.qcow2            sealed template generation n (mode 0444): never
+                                          written again while a task uses it
+    projects/<p>/disk.qcow2               the project's working disk: overlay on the newest
+                                          generation (or on the base before the first seal)
+    tasks/<t>/disk.qcow2                  overlay on the generation the task was cloned from
+
+Starting the project again after a seal therefore never touches a task's backing file.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent_swarm import native, paths
+from agent_swarm.cloudinit import build_seed_iso, cloud_config
+from agent_swarm.errors import (
+    AgentSwarmError,
+    AlreadyExists,
+    ConfigError,
+    ImageError,
+    ImageNotFound,
+    InvalidState,
+    SSHError,
+)
+from agent_swarm.models import BaseImage, InstanceState, Project, SSHEndpoint, Task, VMSpec
+from agent_swarm.names import validate_name
+from agent_swarm.registry import Registry
+from agent_swarm.ssh import keys
+
+if TYPE_CHECKING:
+    import paramiko
+
+    from agent_swarm.providers.libvirt.provider import LibvirtProvider
+
+Progress = Callable[[str], None]
+
+BOOT_TIMEOUT = float(os.environ.get("AGENT_SWARM_BOOT_TIMEOUT", "300"))
+CLOUD_INIT_TIMEOUT = float(os.environ.get("AGENT_SWARM_CLOUD_INIT_TIMEOUT", "900"))
+PORT_RANGE = range(41000, 49000)
+SETUP_IN_GUEST = "/var/lib/agent-swarm/setup.sh"
+SETUP_LOG = "/var/log/agent-swarm-setup.log"
+
+DEFAULT_SETUP = """\
+#!/bin/bash
+# agent-swarm project setup script.
+#
+# Runs once, as root, inside every new project VM on its first boot (after the `worker`
+# user exists), before `agent-swarm project create` returns. Edit it to install what all
+# your projects need; changes apply to the next `project create`. Its output is in
+# /var/log/agent-swarm-setup.log inside the VM; a non-zero exit fails the create.
+#
+# Examples (they need network access from the VM):
+#   apt-get update && apt-get install -y git build-essential
+#   curl -fsSL https://get.docker.com | sh && usermod -aG docker worker
+set -euo pipefail
+echo "agent-swarm: project setup done on $(hostname)"
+"""
+
+IDENTITY_RESET = (
+    "sudo cloud-init clean --logs --machine-id --seed >/dev/null"
+    " && sudo rm -f /etc/ssh/ssh_host_* /var/lib/dbus/machine-id"
+    " && sudo sync"
+)
+
+
+def setup_script_path() -> Path:
+    """``~/.agent-swarm/setup.sh``, created with a documented default on first use."""
+    p = paths.ensure_home() / paths.SETUP_SCRIPT
+    if not p.exists():
+        tmp = p.with_name(f".{p.name}.tmp")
+        tmp.write_text(DEFAULT_SETUP)
+        tmp.chmod(0o755)
+        os.replace(tmp, p)
+    return p
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _candidate_ports() -> Iterator[int]:
+    for p in PORT_RANGE:
+        if _port_free(p):
+            yield p
+
+
+@dataclass(frozen=True)
+class VMView:
+    """A VM as `list`/`status` show it: registry identity + live provider state."""
+
+    kind: str
+    name: str
+    project: str
+    generation: int | None
+    state: str
+    reason: str | None
+    ssh: str | None
+    disk_bytes: int | None
+    cpus: int
+    memory_mib: int
+
+
+class Swarm:
+    def __init__(
+        self,
+        registry: Registry,
+        provider: LibvirtProvider | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.reg = registry
+        self._provider = provider
+        self.progress: Progress = progress or (lambda s: None)
+
+    @property
+    def provider(self) -> LibvirtProvider:
+        if self._provider is None:
+            from agent_swarm.providers import get_provider
+
+            self._provider = get_provider("libvirt")  # type: ignore[assignment]
+            notice = self._provider.accel.notice  # type: ignore[union-attr]
+            if notice:
+                self.progress(notice)
+        return self._provider  # type: ignore[return-value]
+
+    # ---- base images ---------------------------------------------------------------------
+    def base_build(self, name: str = "debian-12") -> BaseImage:
+        from agent_swarm.images import debian
+
+        validate_name(name, "base image name")
+        self._base_name_free(name)
+        cached = debian.ensure_cached(self.progress)
+        return self._base_import(name, cached, source="build:debian-12")
+
+    def base_register(self, name: str, image: str) -> BaseImage:
+        validate_name(name, "base image name")
+        self._base_name_free(name)
+        src = Path(image).expanduser()
+        if not src.is_file():
+            raise ImageNotFound(f"no image file at {src}", hint="give the path of a .qcow2 or .img")
+        return self._base_import(name, src, source=f"file:{src.absolute()}")
+
+    def _base_name_free(self, name: str) -> None:
+        with contextlib.suppress(ImageNotFound):
+            self.reg.get_base_image(name)
+            raise AlreadyExists(f"base image {name!r} already exists", hint="choose another --name")
+
+    def _base_import(self, name: str, src: Path, *, source: str) -> BaseImage:
+        try:
+            info = native.image_info(src)
+        except (OSError, ValueError) as exc:
+            raise ImageError(f"{src} is not a usable disk image: {exc}") from exc
+        if info.format not in ("qcow2", "raw"):
+            raise ImageError(f"{src} is a {info.format} image; base images must be qcow2 or raw")
+        if info.backing_file:
+            raise ImageError(
+                f"{src} has a backing file ({info.backing_file})",
+                hint="flatten it first: qemu-img convert -O qcow2 SRC DST",
+            )
+        d = paths.base_images_dir()
+        d.mkdir(parents=True, exist_ok=True)
+        dest = d / f"{name}.{info.format}"
+        self.progress(f"copying the image into {d}")
+        native.clone_file(src, dest, overwrite=True)
+        os.chmod(dest, 0o444)
+        try:
+            return self.reg.add_base_image(
+                name,
+                path=str(dest),
+                format=info.format,
+                virtual_size=info.virtual_size,
+                source=source,
+            )
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
+
+    def default_base(self) -> BaseImage:
+        images = self.reg.list_base_images()
+        if not images:
+            raise ImageNotFound(
+                "there is no base image yet",
+                hint="create one: `agent-swarm init-base --build debian-12` (local, no "
+                "download) or `agent-swarm init-base`",
+            )
+        return max(images, key=lambda b: b.created_at)
+
+    # ---- specs, seeds -------------------------------------------------------------------
+    def _spec(self, kind: str, name: str, cpus: int, memory_mib: int, network: str) -> VMSpec:
+        d = paths.project_dir(name) if kind == "project" else paths.task_dir(name)
+        port = self.reg.port_of(kind, name) or 0
+        return VMSpec(
+            kind=kind,
+            name=name,
+            cpus=cpus,
+            memory_mib=memory_mib,
+            disk=d / paths.DISK_QCOW2,
+            seed=d / paths.SEED_ISO,
+            serial_log=d / paths.SERIAL_LOG,
+            ssh_port=port,
+            network=network,
+        )
+
+    def project_spec(self, p: Project) -> VMSpec:
+        return self._spec("project", p.name, p.cpus, p.memory_mib, p.network)
+
+    def task_spec(self, t: Task) -> VMSpec:
+        return self._spec("task", t.name, t.cpus, t.memory_mib, t.network)
+
+    def _user_data(self, host: keys.KeyPair, *, first_boot_setup: bool) -> str:
+        authorized = [keys.client_public_key(), *keys.user_public_keys()]
+        data: dict[str, Any] = {
+            "users": [
+                {
+                    "name": "worker",
+                    "shell": "/bin/bash",
+                    "lock_passwd": True,
+                    "sudo": "ALL=(ALL) NOPASSWD:ALL",
+                    "groups": ["sudo"],
+                    "ssh_authorized_keys": authorized,
+                }
+            ],
+            "ssh_pwauth": False,
+            "disable_root": True,
+            "ssh_deletekeys": True,
+            "ssh_keys": {
+                "ed25519_private": host.private_openssh,
+                "ed25519_public": host.public_openssh,
+            },
+            "manage_etc_hosts": True,
+        }
+        if first_boot_setup:
+            script = setup_script_path().read_bytes()
+            data["write_files"] = [
+                {
+                    "path": SETUP_IN_GUEST,
+                    "permissions": "0755",
+                    "owner": "root:root",
+                    "encoding": "b64",
+                    "content": base64.b64encode(script).decode(),
+                }
+            ]
+            data["runcmd"] = [["sh", "-c", f"bash {SETUP_IN_GUEST} >{SETUP_LOG} 2>&1"]]
+        return cloud_config(data)
+
+    def _write_seed(self, spec: VMSpec, *, first_boot_setup: bool) -> keys.KeyPair:
+        host = keys.generate_ed25519(f"{spec.kind}-{spec.name}")
+        build_seed_iso(
+            spec.seed,
+            instance_id=f"{spec.name}-{uuid.uuid4()}",
+            hostname=spec.name,
+            user_data=self._user_data(host, first_boot_setup=first_boot_setup),
+        )
+        return host
+
+    # ---- booting --------------------------------------------------------------------------
+    def _wait_ready(self, spec: VMSpec, host_key: str, what: str) -> None:
+        ep = self.provider.ssh_endpoint(spec)
+        client = self._ssh(spec, host_key, what, timeout=BOOT_TIMEOUT)
+        try:
+            self.progress(f"{what}: waiting for cloud-init to finish")
+            from agent_swarm.ssh.client import run_capture
+
+            _rc, out, err = run_capture(
+                client,
+                "cloud-init status --wait >/dev/null 2>&1; cloud-init status --long",
+                timeout=CLOUD_INIT_TIMEOUT,
+            )
+            status = out + err
+            if "status: done" not in status:
+                detail = " ".join(ln.strip() for ln in status.splitlines() if ln.strip())[-300:]
+                setup_tail = ""
+                if spec.kind == "project":
+                    _, log_tail, _ = run_capture(
+                        client, f"sudo tail -n 5 {SETUP_LOG} 2>/dev/null", timeout=30
+                    )
+                    if log_tail.strip():
+                        setup_tail = " | setup.sh: " + " / ".join(log_tail.strip().splitlines())
+                raise InvalidState(
+                    f"{what}: cloud-init did not finish cleanly ({detail}){setup_tail}",
+                    hint=f"log in with `agent-swarm {'project ' if spec.kind == 'project' else ''}"
+                    f"ssh {spec.name}` and see /var/log/cloud-init-output.log; console log: "
+                    f"{spec.serial_log}",
+                )
+        finally:
+            client.close()
+        del ep
+
+    def _ssh(self, spec: VMSpec, host_key: str, what: str, timeout: float) -> paramiko.SSHClient:
+        from agent_swarm.ssh.client import wait_for_ssh
+
+        def alive() -> bool:
+            return self.provider.status(spec)[0] in (InstanceState.RUNNING, InstanceState.PAUSED)
+
+        return wait_for_ssh(
+            self.provider.ssh_endpoint(spec),
+            host_key,
+            keys.client_key_path(),
+            timeout=timeout,
+            what=what,
+            serial_log=spec.serial_log,
+            progress=lambda s: self.progress(f"{what}: {s}"),
+            alive=alive,
+        )
+
+    def connect(self, kind: str, name: str) -> paramiko.SSHClient:
+        """An SSH connection to a running VM (error with a hint when it is not running)."""
+        if kind == "project":
+            p = self.reg.get_project(name)
+            spec, host_key = self.project_spec(p), p.host_key
+        else:
+            t = self.reg.get_task(name)
+            spec, host_key = self.task_spec(t), t.host_key
+        state, reason = self.provider.status(spec)
+        if state is not InstanceState.RUNNING:
+            cmd = f"agent-swarm {'project ' if kind == 'project' else ''}start {name}"
+            raise InvalidState(
+                f"{kind} {name!r} is {state.value}" + (f" ({reason})" if reason else ""),
+                hint=f"start it with `{cmd}`",
+            )
+        return self._ssh(spec, host_key, f"{kind} {name}", timeout=60)
+
+    def endpoint(self, kind: str, name: str) -> SSHEndpoint:
+        if kind == "project":
+            return self.provider.ssh_endpoint(self.project_spec(self.reg.get_project(name)))
+        return self.provider.ssh_endpoint(self.task_spec(self.reg.get_task(name)))
+
+    # ---- projects -------------------------------------------------------------------------
+    def project_create(
+        self,
+        name: str,
+        *,
+        base: str | None = None,
+        cpus: int = 2,
+        memory_mib: int = 2048,
+        disk_gib: int = 20,
+        network: str = "user",
+        wait: bool = True,
+    ) -> Project:
+        validate_name(name, "project name")
+        base_img = self.reg.get_base_image(base) if base else self.default_base()
+        if disk_gib << 30 < base_img.virtual_size:
+            raise ConfigError(
+                f"--disk {disk_gib}G is smaller than the base image "
+                f"({base_img.virtual_size / (1 << 30):.1f} GiB)",
+                hint="give a larger --disk",
+            )
+        provider = self.provider  # fail early (before any row/file) if unusable
+        d = paths.project_dir(name)
+        self.reg.add_project(
+            name,
+            base_image=base_img.name,
+            provider="libvirt",
+            cpus=cpus,
+            memory_mib=memory_mib,
+            disk_gib=disk_gib,
+            network=network,
+        )
+        p = self.reg.get_project(name)
+        try:
+            self.reg.allocate_port("project", name, _candidate_ports())
+            spec = self.project_spec(self.reg.get_project(name))
+            if d.exists():
+                shutil.rmtree(d)  # leftovers of a crashed create of a VM with this name
+            d.mkdir(parents=True, mode=0o700)
+            self.progress(f"project {name}: creating its disk on base {base_img.name}")
+            native.create_qcow2_overlay(spec.disk, base_img.path, size=disk_gib << 30)
+            host = self._write_seed(spec, first_boot_setup=True)
+            self.reg.set_host_key("project", name, host.public_openssh)
+            provider.define(spec)
+        except BaseException:
+            self._rollback("project", name, d)
+            raise
+        p = self.reg.get_project(name)
+        self.progress(f"project {name}: booting")
+        provider.start(spec)
+        if wait:
+            self._wait_ready(spec, p.host_key, f"project {name}")
+        return p
+
+    def _rollback(self, kind: str, name: str, d: Path) -> None:
+        spec = VMSpec(
+            kind=kind, name=name, cpus=1, memory_mib=256, disk=d, seed=d, serial_log=d, ssh_port=0
+        )
+        with contextlib.suppress(Exception):
+            if self._provider is not None:
+                self._provider.delete(spec)
+        shutil.rmtree(d, ignore_errors=True)
+        with contextlib.suppress(Exception):
+            if kind == "project":
+                self.reg.remove_project(name)
+            else:
+                self.reg.remove_task(name)
+
+    def project_start(self, name: str, *, wait: bool = True) -> None:
+        p = self.reg.get_project(name)
+        spec = self.project_spec(p)
+        self.progress(f"project {name}: starting")
+        self.provider.start(spec)
+        if wait:
+            self._wait_ready(spec, p.host_key, f"project {name}")
+
+    def project_stop(self, name: str, *, timeout: float = 120, seal: bool = True) -> int | None:
+        """Stop the project; with ``seal`` make its disk the next template generation.
+
+        Returns the new generation number (None when nothing was sealed).
+        """
+        p = self.reg.get_project(name)
+        spec = self.project_spec(p)
+        state, _ = self.provider.status(spec)
+        if not seal:
+            self.provider.stop(spec, timeout=timeout)
+            return None
+        latest = self.reg.latest_generation(name)
+        if state is not InstanceState.RUNNING:
+            if latest is not None and native.image_info(spec.disk, chain=False).actual_size <= (
+                native.image_info(spec.disk, chain=False).cluster_size * 4
+            ):
+                self.progress(f"project {name}: already sealed (generation {latest.generation})")
+                return None
+            # Its identity must be reset from inside: boot it once more.
+            self.project_start(name)
+        self.progress(f"project {name}: resetting its identity (machine-id, SSH host keys)")
+        client = self._ssh(spec, p.host_key, f"project {name}", timeout=120)
+        try:
+            from agent_swarm.ssh.client import run_capture
+
+            rc, _out, err = run_capture(client, IDENTITY_RESET, timeout=120)
+            if rc != 0:
+                raise SSHError(f"resetting the identity of project {name} failed: {err.strip()}")
+        finally:
+            client.close()
+        self.progress(f"project {name}: shutting down")
+        self.provider.stop(spec, timeout=timeout)
+        return self._seal(p, spec)
+
+    def _seal(self, p: Project, spec: VMSpec) -> int:
+        latest = self.reg.latest_generation(p.name)
+        n = (latest.generation if latest else 0) + 1
+        gen_path = spec.disk.with_name(f"gen-{n}.qcow2")
+        self.progress(f"project {p.name}: sealing template generation {n}")
+        os.rename(spec.disk, gen_path)
+        os.chmod(gen_path, 0o444)
+        try:
+            self.reg.add_generation(p.name, str(gen_path))
+        except BaseException:
+            os.chmod(gen_path, 0o644)
+            os.rename(gen_path, spec.disk)
+            raise
+        native.create_qcow2_overlay(spec.disk, gen_path)
+        # The project's next boot is a new instance of the sealed template (no setup again).
+        host = self._write_seed(spec, first_boot_setup=False)
+        self.reg.set_host_key("project", p.name, host.public_openssh)
+        return n
+
+    def project_delete(self, name: str) -> None:
+        p = self.reg.get_project(name)
+        tasks = self.reg.list_tasks(name)
+        if tasks:
+            raise InvalidState(
+                f"project {name!r} still has task(s): " + ", ".join(t.name for t in tasks),
+                hint=f"delete them first: `agent-swarm bulk delete --project {name}`",
+            )
+        spec = self.project_spec(p)
+        self.provider.delete(spec)
+        shutil.rmtree(paths.project_dir(name), ignore_errors=True)
+        self.reg.remove_project(name)
+
+    # ---- tasks ----------------------------------------------------------------------------
+    def task_create(
+        self,
+        project: str,
+        name: str,
+        *,
+        cpus: int | None = None,
+        memory_mib: int | None = None,
+        wait: bool = True,
+    ) -> Task:
+        validate_name(name, "task name")
+        p = self.reg.get_project(project)
+        provider = self.provider
+        t = self.reg.add_task(
+            name,
+            project=project,
+            provider="libvirt",
+            cpus=cpus or p.cpus,
+            memory_mib=memory_mib or p.memory_mib,
+            network=p.network,
+        )
+        d = paths.task_dir(name)
+        try:
+            gen = self.reg.get_generation(project, t.generation)
+            self.reg.allocate_port("task", name, _candidate_ports())
+            spec = self.task_spec(self.reg.get_task(name))
+            if d.exists():
+                shutil.rmtree(d)
+            d.mkdir(parents=True, mode=0o700)
+            native.create_qcow2_overlay(spec.disk, gen.path)
+            host = self._write_seed(spec, first_boot_setup=False)
+            self.reg.set_host_key("task", name, host.public_openssh)
+            provider.define(spec)
+        except BaseException:
+            self._rollback("task", name, d)
+            raise
+        t = self.reg.get_task(name)
+        self.progress(f"task {name}: booting (clone of {project} generation {t.generation})")
+        provider.start(spec)
+        if wait:
+            self._wait_ready(spec, t.host_key, f"task {name}")
+        return t
+
+    def task_start(self, name: str, *, wait: bool = True) -> None:
+        t = self.reg.get_task(name)
+        spec = self.task_spec(t)
+        self.provider.start(spec)
+        if wait:
+            self._ssh(spec, t.host_key, f"task {name}", timeout=BOOT_TIMEOUT).close()
+
+    def task_stop(self, name: str, *, force: bool = False, timeout: float = 90) -> None:
+        self.provider.stop(self.task_spec(self.reg.get_task(name)), force=force, timeout=timeout)
+
+    def task_delete(self, name: str) -> None:
+        t = self.reg.get_task(name)
+        self.provider.delete(self.task_spec(t))
+        shutil.rmtree(paths.task_dir(name), ignore_errors=True)
+        self.reg.remove_task(name)
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def _any_spec(self, name: str) -> VMSpec:
+        try:
+            return self.task_spec(self.reg.get_task(name))
+        except AgentSwarmError:
+            return self.project_spec(self.reg.get_project(name))
+
+    def checkpoint(self, name: str, cp: str | None = None) -> str:
+        spec = self._any_spec(name)
+        cp = cp or time.strftime("cp-%Y%m%d-%H%M%S")
+        validate_name(cp, "checkpoint name")
+        self.provider.checkpoint(spec, cp)
+        return cp
+
+    def restore(self, name: str, cp: str | None = None) -> str:
+        spec = self._any_spec(name)
+        cps = self.provider.list_checkpoints(spec)
+        if not cps:
+            raise InvalidState(
+                f"{name!r} has no checkpoints",
+                hint=f"make one with `agent-swarm checkpoint {name}`",
+            )
+        if cp is None:
+            cp = cps[-1]["name"]
+        elif cp not in {c["name"] for c in cps}:
+            raise InvalidState(
+                f"{name!r} has no checkpoint {cp!r}", hint=f"see `agent-swarm checkpoints {name}`"
+            )
+        self.provider.restore(spec, cp)
+        return cp
+
+    def checkpoints(self, name: str) -> list[dict[str, Any]]:
+        return self.provider.list_checkpoints(self._any_spec(name))
+
+    # ---- views ----------------------------------------------------------------------------
+    def _view(
+        self, kind: str, name: str, project: str, gen: int | None, spec: VMSpec, cpus: int, mem: int
+    ) -> VMView:
+        state, reason = self.provider.status(spec)
+        try:
+            disk = native.image_info(spec.disk, chain=False).actual_size
+        except (OSError, ValueError) as exc:
+            disk = None
+            if state is not InstanceState.MISSING:
+                state, reason = InstanceState.BROKEN, f"disk: {exc}"
+        ssh = None
+        if state is InstanceState.RUNNING and spec.network == "user":
+            ssh = f"127.0.0.1:{spec.ssh_port}"
+        return VMView(kind, name, project, gen, state.value, reason, ssh, disk, cpus, mem)
+
+    def list_tasks(self, project: str | None = None) -> list[VMView]:
+        return [
+            self._view(
+                "task", t.name, t.project, t.generation, self.task_spec(t), t.cpus, t.memory_mib
+            )
+            for t in self.reg.list_tasks(project)
+        ]
+
+    def list_projects(self) -> list[VMView]:
+        out = []
+        for p in self.reg.list_projects():
+            latest = self.reg.latest_generation(p.name)
+            out.append(
+                self._view(
+                    "project",
+                    p.name,
+                    p.name,
+                    latest.generation if latest else None,
+                    self.project_spec(p),
+                    p.cpus,
+                    p.memory_mib,
+                )
+            )
+        return out
