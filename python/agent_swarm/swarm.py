@@ -162,6 +162,30 @@ class Swarm:
             raise ImageNotFound(f"no image file at {src}", hint="give the path of a .qcow2 or .img")
         return self._base_import(name, src, source=f"file:{src.absolute()}")
 
+    def base_download(self, name: str = "ubuntu-24-04", url: str | None = None) -> BaseImage:
+        """Download a cloud image (default: Ubuntu 24.04 for this host), verify, register."""
+        from agent_swarm.images import debian, download
+
+        validate_name(name, "base image name")
+        self._base_name_free(name)
+        cache = debian.cache_dir().parent / "downloads"
+        if url is None:
+            path = download.download_ubuntu(cache, self.progress)
+            source = f"url:{download.ubuntu_image()[0]}"
+        else:
+            file_name = url.rstrip("/").rsplit("/", 1)[-1] or "image"
+            sha = None
+            with contextlib.suppress(AgentSwarmError):
+                sha = download.sha256sums(url.rsplit("/", 1)[0] + "/SHA256SUMS").get(file_name)
+            if sha is None:
+                self.progress(
+                    f"notice: no SHA256SUMS with an entry for {file_name} next to the "
+                    "image: its integrity is not verified"
+                )
+            path = download.download(url, cache / file_name, sha256=sha, progress=self.progress)
+            source = f"url:{url}"
+        return self._base_import(name, path, source=source)
+
     def _base_name_free(self, name: str) -> None:
         with contextlib.suppress(ImageNotFound):
             self.reg.get_base_image(name)

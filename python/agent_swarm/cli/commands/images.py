@@ -4,7 +4,7 @@ from dataclasses import asdict
 
 import click
 
-from agent_swarm.cli.commands._common import IMAGE, not_yet
+from agent_swarm.cli.commands._common import IMAGE
 from agent_swarm.cli.context import obj, table
 
 
@@ -47,15 +47,12 @@ def init_base(image: str | None, build: str | None, name: str | None, list_: boo
     swarm = app.swarm
     if build:
         img = swarm.base_build(name or build)
+    elif image and "://" in image:
+        img = swarm.base_download(name or _name_from(image.rsplit("/", 1)[-1]), image)
     elif image:
-        if "://" in image:
-            raise not_yet("downloading a base image from a URL")
         img = swarm.base_register(name or _name_from(image), image)
     else:
-        raise not_yet(
-            "downloading the Ubuntu cloud image (use `init-base --build debian-12` or "
-            "`init-base --image PATH`)"
-        )
+        img = swarm.base_download(name or "ubuntu-24-04")
     app.progress.done()
     app.emit(asdict(img), f"Base image {img.name} ready: {img.path} ({_gib(img.virtual_size)})")
 
