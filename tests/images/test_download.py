@@ -8,6 +8,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -18,8 +19,8 @@ PAYLOAD = os.urandom(3 * download.CHUNK + 12345)
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
-    files: dict[str, bytes] = {}
-    requests: list[tuple[str, str | None]] = []
+    files: ClassVar[dict[str, bytes]] = {}
+    requests: ClassVar[list[tuple[str, str | None]]] = []
     cut_after: int | None = None  # send a truncated body once (then serve normally)
 
     def log_message(self, *args: object) -> None:
