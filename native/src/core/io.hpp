@@ -37,6 +37,14 @@ inline void put_le64(uint8_t* p, uint64_t v) {
 }
 
 // ---- files ----
+// Identity of an open file (device + inode; volume serial + file index on Windows).
+struct FileId {
+    uint64_t dev = 0;
+    uint64_t ino = 0;
+    bool operator==(const FileId& o) const noexcept { return dev == o.dev && ino == o.ino; }
+    bool operator!=(const FileId& o) const noexcept { return !(*this == o); }
+};
+
 class File {
 public:
     File() = default;
@@ -52,6 +60,7 @@ public:
     const std::string& path() const noexcept { return path_; }
     uint64_t size() const;              // st_size
     uint64_t allocated_bytes() const;   // st_blocks * 512 (size on Windows)
+    FileId id() const;                  // (st_dev, st_ino)
     // Read exactly n bytes at off; returns the number read (< n only at EOF).
     size_t pread(void* buf, size_t n, uint64_t off) const;
     // Read exactly n bytes at off or throw ImageError("truncated ...").
