@@ -43,5 +43,8 @@ OpenImage open_image(const std::string& path, std::optional<ImageFormat> expecte
 // throws PathError naming it; cycles and chains deeper than kMaxChainDepth throw ImageError.
 inline constexpr size_t kMaxChainDepth = 64;
 std::vector<OpenImage> open_chain(const std::string& path);
+// Append the backing files below chain.back() (which must be non-empty) to `chain`, with the
+// same checks; `top` names the image the error messages are about.
+void extend_chain(std::vector<OpenImage>& chain, const std::string& top);
 
 }  // namespace agent_swarm::detail

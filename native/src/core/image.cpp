@@ -104,9 +104,14 @@ OpenImage open_image(const std::string& path, std::optional<ImageFormat> expecte
 
 std::vector<OpenImage> open_chain(const std::string& path) {
     std::vector<OpenImage> chain;
-    std::vector<io::FileId> seen;
     chain.push_back(open_image(path));
-    seen.push_back(chain.back().file.id());
+    extend_chain(chain, path);
+    return chain;
+}
+
+void extend_chain(std::vector<OpenImage>& chain, const std::string& path) {
+    std::vector<io::FileId> seen;
+    for (const auto& img : chain) seen.push_back(img.file.id());
     for (;;) {
         const ImageInfo& cur = chain.back().info;
         if (!cur.backing_path) break;
@@ -131,7 +136,6 @@ std::vector<OpenImage> open_chain(const std::string& path) {
         chain.back().info.backing_format = next.info.format;
         chain.push_back(std::move(next));
     }
-    return chain;
 }
 
 }  // namespace detail

@@ -227,8 +227,8 @@ static std::string temp_name_for(const std::string& final_path) {
     return (has_dir ? d + "/" : std::string()) + "." + base + suffix;
 }
 
-AtomicOutput::AtomicOutput(std::string final_path, bool overwrite)
-    : final_path_(std::move(final_path)), overwrite_(overwrite) {
+AtomicOutput::AtomicOutput(std::string final_path, bool overwrite, bool durable)
+    : final_path_(std::move(final_path)), overwrite_(overwrite), durable_(durable) {
     if (final_path_.empty()) throw std::invalid_argument("destination path is empty");
     if (!overwrite_ && exists(final_path_))
         throw PathError(EEXIST, "destination already exists", final_path_);
@@ -261,7 +261,7 @@ void AtomicOutput::set_mode(unsigned mode) const {
 }
 
 void AtomicOutput::commit() {
-    file_.sync();
+    if (durable_) file_.sync();
     file_.close();
 #ifdef _WIN32
     if (!MoveFileExA(temp_path_.c_str(), final_path_.c_str(),
@@ -283,7 +283,7 @@ void AtomicOutput::commit() {
         ::unlink(temp_path_.c_str());
     }
     // Make the rename durable.
-    int dfd = ::open(dirname(final_path_).c_str(), O_RDONLY | O_CLOEXEC);
+    int dfd = durable_ ? ::open(dirname(final_path_).c_str(), O_RDONLY | O_CLOEXEC) : -1;
     if (dfd >= 0) {
         ::fsync(dfd);
         ::close(dfd);

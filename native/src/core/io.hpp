@@ -80,10 +80,13 @@ private:
 // A new file next to `final_path` (same directory, hidden unique name, mode 0644 unless
 // set_mode is called) that becomes `final_path` on commit(). Destruction without commit()
 // removes the temporary file. commit() refuses to replace an existing file unless
-// `overwrite` (PathError EEXIST) and fsyncs before renaming.
+// `overwrite` (PathError EEXIST). With `durable` (the default) commit() fsyncs the file
+// before renaming and the directory after; without it, nothing is fsynced (as with `cp`:
+// after a host crash the file may be missing or read as zeros), which makes commit()
+// ~5-10x cheaper for small files (fsync dominates: ~0.3-0.5 ms each on ext4).
 class AtomicOutput {
 public:
-    explicit AtomicOutput(std::string final_path, bool overwrite = false);
+    explicit AtomicOutput(std::string final_path, bool overwrite = false, bool durable = true);
     ~AtomicOutput();
     AtomicOutput(const AtomicOutput&) = delete;
     AtomicOutput& operator=(const AtomicOutput&) = delete;
@@ -98,6 +101,7 @@ private:
     std::string final_path_;
     std::string temp_path_;
     bool overwrite_;
+    bool durable_;
     bool committed_ = false;
     File file_;
 };

@@ -107,7 +107,7 @@ Header parse_header(const io::File& f) {
     };
 
     if (c0.size() < 4 || std::memcmp(c0.data(), kQcow2Magic, 4) != 0) throw bad("no qcow2 magic");
-    ensure(8, "header");
+    ensure(kV2HeaderLength, "header");
     h.version = io::be32(&c0[4]);
     if (h.version != 2 && h.version != 3)
         throw ImageError(path, "unsupported qcow2 version " + std::to_string(h.version));
@@ -302,7 +302,21 @@ void create_qcow2_overlay(const std::string& path, const std::string& backing,
     if (backing_format && *backing_format != fmt)
         throw ImageError(bpath, std::string("backing file is a ") + format_name(fmt) +
                                     " image, not " + format_name(*backing_format));
-    uint64_t backing_size = fmt == ImageFormat::Qcow2 ? detail::parse_header(bf).size : bf.size();
+    uint64_t backing_size = bf.size();
+    if (fmt == ImageFormat::Qcow2) {
+        detail::OpenImage top{std::move(bf), {}};
+        detail::qcow2_read_info(top.file, top.info);
+        backing_size = top.info.virtual_size;
+        if (top.info.backing_file) {
+            // The backing file has backing files itself: they must be there and valid too
+            // (as `qemu-img create` checks), or the overlay would be unusable.
+            top.info.path = bpath;
+            top.info.backing_path = io::resolve_relative(bpath, *top.info.backing_file);
+            std::vector<detail::OpenImage> chain;
+            chain.push_back(std::move(top));
+            detail::extend_chain(chain, bpath);
+        }
+    }
     bf.close();
 
     uint64_t vsize = size.value_or(backing_size);
@@ -353,7 +367,8 @@ void create_qcow2_overlay(const std::string& path, const std::string& backing,
     std::vector<uint8_t> refblock(size_t(used_clusters) * 2);
     for (size_t i = 0; i < used_clusters; ++i) io::put_be16(&refblock[i * 2], 1);
 
-    io::AtomicOutput out(path);
+    // Not fsynced (see image.hpp): fsync would be ~90% of the cost of this call.
+    io::AtomicOutput out(path, /*overwrite=*/false, /*durable=*/false);
     const io::File& o = out.file();
     o.pwrite_all(hdr, off, 0);
     o.pwrite_all(reftable, sizeof reftable, kNewRefTableOffset);
