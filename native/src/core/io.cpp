@@ -83,6 +83,22 @@ uint64_t File::allocated_bytes() const {
 #endif
 }
 
+FileId File::id() const {
+#ifdef _WIN32
+    BY_HANDLE_FILE_INFORMATION fi{};
+    auto h = reinterpret_cast<HANDLE>(_get_osfhandle(fd_));
+    if (h == INVALID_HANDLE_VALUE || !GetFileInformationByHandle(h, &fi)) {
+        errno = EIO;
+        throw_errno("cannot stat", path_);
+    }
+    return FileId{fi.dwVolumeSerialNumber, uint64_t(fi.nFileIndexHigh) << 32 | fi.nFileIndexLow};
+#else
+    stat_t st{};
+    if (do_fstat(fd_, &st) != 0) throw_errno("cannot stat", path_);
+    return FileId{uint64_t(st.st_dev), uint64_t(st.st_ino)};
+#endif
+}
+
 size_t File::pread(void* buf, size_t n, uint64_t off) const {
     auto* p = static_cast<uint8_t*>(buf);
     size_t done = 0;
@@ -177,6 +193,7 @@ std::string resolve_relative(const std::string& base_file, const std::string& re
     if (is_absolute(rel)) return rel;
     std::string d = dirname(base_file);
     if (d == ".") return rel;
+    if (is_sep(d.back())) return d + rel;  // "/" (or "C:\\"): no doubled separator
     return d + "/" + rel;
 }
 
@@ -210,8 +227,8 @@ static std::string temp_name_for(const std::string& final_path) {
     return (has_dir ? d + "/" : std::string()) + "." + base + suffix;
 }
 
-AtomicOutput::AtomicOutput(std::string final_path, bool overwrite)
-    : final_path_(std::move(final_path)), overwrite_(overwrite) {
+AtomicOutput::AtomicOutput(std::string final_path, bool overwrite, bool durable)
+    : final_path_(std::move(final_path)), overwrite_(overwrite), durable_(durable) {
     if (final_path_.empty()) throw std::invalid_argument("destination path is empty");
     if (!overwrite_ && exists(final_path_))
         throw PathError(EEXIST, "destination already exists", final_path_);
@@ -244,7 +261,7 @@ void AtomicOutput::set_mode(unsigned mode) const {
 }
 
 void AtomicOutput::commit() {
-    file_.sync();
+    if (durable_) file_.sync();
     file_.close();
 #ifdef _WIN32
     if (!MoveFileExA(temp_path_.c_str(), final_path_.c_str(),
@@ -266,7 +283,7 @@ void AtomicOutput::commit() {
         ::unlink(temp_path_.c_str());
     }
     // Make the rename durable.
-    int dfd = ::open(dirname(final_path_).c_str(), O_RDONLY | O_CLOEXEC);
+    int dfd = durable_ ? ::open(dirname(final_path_).c_str(), O_RDONLY | O_CLOEXEC) : -1;
     if (dfd >= 0) {
         ::fsync(dfd);
         ::close(dfd);

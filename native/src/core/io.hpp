@@ -37,6 +37,14 @@ inline void put_le64(uint8_t* p, uint64_t v) {
 }
 
 // ---- files ----
+// Identity of an open file (device + inode; volume serial + file index on Windows).
+struct FileId {
+    uint64_t dev = 0;
+    uint64_t ino = 0;
+    bool operator==(const FileId& o) const noexcept { return dev == o.dev && ino == o.ino; }
+    bool operator!=(const FileId& o) const noexcept { return !(*this == o); }
+};
+
 class File {
 public:
     File() = default;
@@ -52,6 +60,7 @@ public:
     const std::string& path() const noexcept { return path_; }
     uint64_t size() const;              // st_size
     uint64_t allocated_bytes() const;   // st_blocks * 512 (size on Windows)
+    FileId id() const;                  // (st_dev, st_ino)
     // Read exactly n bytes at off; returns the number read (< n only at EOF).
     size_t pread(void* buf, size_t n, uint64_t off) const;
     // Read exactly n bytes at off or throw ImageError("truncated ...").
@@ -71,10 +80,13 @@ private:
 // A new file next to `final_path` (same directory, hidden unique name, mode 0644 unless
 // set_mode is called) that becomes `final_path` on commit(). Destruction without commit()
 // removes the temporary file. commit() refuses to replace an existing file unless
-// `overwrite` (PathError EEXIST) and fsyncs before renaming.
+// `overwrite` (PathError EEXIST). With `durable` (the default) commit() fsyncs the file
+// before renaming and the directory after; without it, nothing is fsynced (as with `cp`:
+// after a host crash the file may be missing or read as zeros), which makes commit()
+// ~5-10x cheaper for small files (fsync dominates: ~0.3-0.5 ms each on ext4).
 class AtomicOutput {
 public:
-    explicit AtomicOutput(std::string final_path, bool overwrite = false);
+    explicit AtomicOutput(std::string final_path, bool overwrite = false, bool durable = true);
     ~AtomicOutput();
     AtomicOutput(const AtomicOutput&) = delete;
     AtomicOutput& operator=(const AtomicOutput&) = delete;
@@ -89,6 +101,7 @@ private:
     std::string final_path_;
     std::string temp_path_;
     bool overwrite_;
+    bool durable_;
     bool committed_ = false;
     File file_;
 };
