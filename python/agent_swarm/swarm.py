@@ -38,6 +38,7 @@ from agent_swarm.errors import (
     ImageError,
     ImageNotFound,
     InvalidState,
+    ProviderUnavailable,
     SSHError,
 )
 from agent_swarm.models import BaseImage, InstanceState, Project, SSHEndpoint, Task, VMSpec
@@ -384,6 +385,7 @@ class Swarm:
         wait: bool = True,
     ) -> Project:
         validate_name(name, "project name")
+        provider = self.provider  # first: no point in the rest if this host cannot run VMs
         base_img = self.reg.get_base_image(base) if base else self.default_base()
         if disk_gib << 30 < base_img.virtual_size:
             raise ConfigError(
@@ -391,7 +393,6 @@ class Swarm:
                 f"({base_img.virtual_size / (1 << 30):.1f} GiB)",
                 hint="give a larger --disk",
             )
-        provider = self.provider  # fail early (before any row/file) if unusable
         d = paths.project_dir(name)
         self.reg.add_project(
             name,
@@ -523,8 +524,8 @@ class Swarm:
         wait: bool = True,
     ) -> Task:
         validate_name(name, "task name")
-        p = self.reg.get_project(project)
         provider = self.provider
+        p = self.reg.get_project(project)
         t = self.reg.add_task(
             name,
             project=project,
@@ -609,7 +610,10 @@ class Swarm:
     def _view(
         self, kind: str, name: str, project: str, gen: int | None, spec: VMSpec, cpus: int, mem: int
     ) -> VMView:
-        state, reason = self.provider.status(spec)
+        try:
+            state, reason = self.provider.status(spec)
+        except ProviderUnavailable as exc:
+            state, reason = InstanceState.BROKEN, f"provider unavailable: {exc.message}"
         try:
             disk = native.image_info(spec.disk, chain=False).actual_size
         except (OSError, ValueError) as exc:
