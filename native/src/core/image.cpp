@@ -98,7 +98,9 @@ OpenImage open_image(const std::string& path, std::optional<ImageFormat> expecte
     }
     r.info.path = path;
     r.info.actual_size = r.file.allocated_bytes();
-    if (r.info.backing_file) r.info.backing_path = io::resolve_relative(path, *r.info.backing_file);
+    // Readers may resolve the path themselves (VHDX parent locators hold Windows paths).
+    if (r.info.backing_file && !r.info.backing_path)
+        r.info.backing_path = io::resolve_relative(path, *r.info.backing_file);
     return r;
 }
 
