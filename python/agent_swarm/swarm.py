@@ -75,10 +75,14 @@ set -euo pipefail
 echo "agent-swarm: project setup done on $(hostname)"
 """
 
+# Run in the project VM just before it is sealed, so each clone boots as a new machine.
+# machine-id must be *present* and "uninitialized": with the file missing, systemd cannot
+# set up a transient ID on the read-only early root, and networkd's DHCP client then fails.
 IDENTITY_RESET = (
-    "sudo cloud-init clean --logs --machine-id --seed >/dev/null"
-    " && sudo rm -f /etc/ssh/ssh_host_* /var/lib/dbus/machine-id"
-    " && sudo sync"
+    "set -e; sudo cloud-init clean --logs --seed"
+    "; sudo rm -f /etc/ssh/ssh_host_* /var/lib/dbus/machine-id"
+    "; echo uninitialized | sudo tee /etc/machine-id >/dev/null"
+    "; sudo sync"
 )
 
 
@@ -141,10 +145,15 @@ class Swarm:
             from agent_swarm.providers import get_provider
 
             self._provider = get_provider("libvirt")  # type: ignore[assignment]
-            notice = self._provider.accel.notice  # type: ignore[union-attr]
-            if notice:
-                self.progress(notice)
         return self._provider  # type: ignore[return-value]
+
+    def _boot(self, spec: VMSpec) -> None:
+        """Start a VM, telling the user once when it runs under emulation."""
+        notice = self.provider.accel.notice
+        if notice and not getattr(self, "_noticed", False):
+            self._noticed = True
+            self.progress(notice)
+        self.provider.start(spec)
 
     # ---- base images ---------------------------------------------------------------------
     def base_build(self, name: str = "debian-12") -> BaseImage:
@@ -333,7 +342,9 @@ class Swarm:
             client.close()
         del ep
 
-    def _ssh(self, spec: VMSpec, host_key: str, what: str, timeout: float) -> paramiko.SSHClient:
+    def _ssh(
+        self, spec: VMSpec, host_key: str, what: str, timeout: float, quiet: bool = False
+    ) -> paramiko.SSHClient:
         from agent_swarm.ssh.client import wait_for_ssh
 
         def alive() -> bool:
@@ -346,7 +357,7 @@ class Swarm:
             timeout=timeout,
             what=what,
             serial_log=spec.serial_log,
-            progress=lambda s: self.progress(f"{what}: {s}"),
+            progress=None if quiet else (lambda s: self.progress(f"{what}: {s}")),
             alive=alive,
         )
 
@@ -365,7 +376,7 @@ class Swarm:
                 f"{kind} {name!r} is {state.value}" + (f" ({reason})" if reason else ""),
                 hint=f"start it with `{cmd}`",
             )
-        return self._ssh(spec, host_key, f"{kind} {name}", timeout=60)
+        return self._ssh(spec, host_key, f"{kind} {name}", timeout=60, quiet=True)
 
     def endpoint(self, kind: str, name: str) -> SSHEndpoint:
         if kind == "project":
@@ -420,7 +431,7 @@ class Swarm:
             raise
         p = self.reg.get_project(name)
         self.progress(f"project {name}: booting")
-        provider.start(spec)
+        self._boot(spec)
         if wait:
             self._wait_ready(spec, p.host_key, f"project {name}")
         return p
@@ -443,7 +454,7 @@ class Swarm:
         p = self.reg.get_project(name)
         spec = self.project_spec(p)
         self.progress(f"project {name}: starting")
-        self.provider.start(spec)
+        self._boot(spec)
         if wait:
             self._wait_ready(spec, p.host_key, f"project {name}")
 
@@ -551,7 +562,7 @@ class Swarm:
             raise
         t = self.reg.get_task(name)
         self.progress(f"task {name}: booting (clone of {project} generation {t.generation})")
-        provider.start(spec)
+        self._boot(spec)
         if wait:
             self._wait_ready(spec, t.host_key, f"task {name}")
         return t
@@ -559,7 +570,8 @@ class Swarm:
     def task_start(self, name: str, *, wait: bool = True) -> None:
         t = self.reg.get_task(name)
         spec = self.task_spec(t)
-        self.provider.start(spec)
+        self.progress(f"task {name}: starting")
+        self._boot(spec)
         if wait:
             self._ssh(spec, t.host_key, f"task {name}", timeout=BOOT_TIMEOUT).close()
 

@@ -164,6 +164,7 @@ def cli(ctx: click.Context, as_json: bool, debug: bool) -> None:
         import logging
 
         logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
+        logging.getLogger("paramiko").propagate = True
     ctx.obj = AppContext(as_json=as_json, debug=debug)
     ctx.call_on_close(ctx.obj.close)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import socket
 import sys
 import threading
@@ -16,6 +17,11 @@ import paramiko
 
 from agent_swarm.errors import SSHError, Timeout
 from agent_swarm.models import SSHEndpoint
+
+# paramiko logs connection failures (expected while a VM boots) from its transport thread;
+# we report errors ourselves. `--debug` re-enables them through the root logger.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
 
 
 class HostKeyMismatch(SSHError):

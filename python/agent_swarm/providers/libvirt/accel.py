@@ -100,7 +100,8 @@ def probe_kvm(qemu: str, kernel: Path, timeout: float = PROBE_TIMEOUT) -> tuple[
     if any(m in text for m in MILESTONES):
         return True, f"test guest booted in {time.monotonic() - t0:.1f} s"
     last = next((ln for ln in reversed(text.strip().splitlines()) if ln.strip()), "")
-    return False, f"a test guest failed under KVM (QEMU said: {last[-160:]})"
+    last = last.removeprefix(f"{qemu}: ").removeprefix(Path(qemu).name + ": ")
+    return False, f"QEMU failed: {last[:70]}{'…' if len(last) > 70 else ''}"
 
 
 def choose(force: str | None = None) -> Accel:
@@ -129,7 +130,7 @@ def choose(force: str | None = None) -> Accel:
     log.debug("KVM probe: ok=%s (%s)", ok, why)
     result = Accel(
         "kvm" if ok else "tcg",
-        None if ok else f"notice: KVM is not usable here ({why}); using TCG software emulation",
+        None if ok else f"notice: KVM does not work here ({why}); using TCG emulation (slower)",
     )
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
