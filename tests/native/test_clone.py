@@ -19,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from agent_swarm import native
 
 MiB = 1024 * 1024
@@ -61,12 +60,17 @@ def filesystem_can_reflink(directory: Path) -> bool:
 def extent_flags(path: Path) -> str:
     """`filefrag -v` output (flags column says `shared` for reflinked extents)."""
     if shutil.which("filefrag"):
-        proc = subprocess.run(["filefrag", "-v", str(path)], capture_output=True, text=True)
+        proc = subprocess.run(
+            ["filefrag", "-v", str(path)], capture_output=True, text=True, check=False
+        )
         if proc.returncode == 0:
             return proc.stdout
     if shutil.which("xfs_io"):
         proc = subprocess.run(
-            ["xfs_io", "-r", "-c", "fiemap -v", str(path)], capture_output=True, text=True
+            ["xfs_io", "-r", "-c", "fiemap -v", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if proc.returncode == 0:
             return proc.stdout
@@ -85,7 +89,9 @@ def is_shared(path: Path) -> bool:
 def ext4_tmp(tmp_path: Path) -> Path:
     """tmp_path, provided its filesystem can't reflink (true for ext4, tmpfs)."""
     if filesystem_can_reflink(tmp_path):
-        pytest.skip(f"{tmp_path} is on a filesystem that supports reflink; test needs one that doesn't")
+        pytest.skip(
+            f"{tmp_path} is on a filesystem that supports reflink; test needs one that doesn't"
+        )
     return tmp_path
 
 
@@ -434,6 +440,7 @@ def test_permission_denied_as_nobody(case: str) -> None:
             capture_output=True,
             text=True,
             timeout=60,
+            check=False,
             env={**os.environ, "HOME": "/"},
         )
         if proc.returncode != 0 or "No module named" in proc.stdout + proc.stderr:

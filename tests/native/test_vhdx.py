@@ -5,6 +5,7 @@ small MS-VHDX parser written here, and dissect.hypervisor when it is installed."
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import shutil
 import struct
@@ -15,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from agent_swarm import native
 
 KiB = 1024
@@ -109,7 +109,9 @@ def parse_vhdx(path: Path) -> dict[str, Any]:
             e = rt[16 + 32 * i : 48 + 32 * i]
             fo, ln, req = struct.unpack_from("<QII", e, 16)
             entries[guid(e[:16])] = (fo, ln, req)
-        tables.append({"sig": sig, "valid": sig == b"regi" and checksum_ok(rt), "entries": entries, "raw": rt})
+        tables.append(
+            {"sig": sig, "valid": sig == b"regi" and checksum_ok(rt), "entries": entries, "raw": rt}
+        )
     out["region_tables"] = tables
     meta_off, meta_len, _ = tables[0]["entries"][METADATA_REGION]
     with open(path, "rb") as f:
@@ -232,7 +234,7 @@ def test_child_structure(tmp_path: Path, qemu_img: str) -> None:
     assert bat_req & 1 and meta_req & 1
     assert bat_off % MiB == 0 and bat_len % MiB == 0 and meta_off % MiB == 0
     regions = sorted([(MiB, MiB), (meta_off, meta_len), (bat_off, bat_len)])
-    for (a, al), (b, _) in zip(regions, regions[1:]):
+    for (a, al), (b, _) in itertools.pairwise(regions):
         assert a + al <= b, "regions overlap"
 
     assert c["block_size"] == p["block_size"] == MiB
@@ -248,7 +250,7 @@ def test_child_structure(tmp_path: Path, qemu_img: str) -> None:
 
     assert c["locator_type"] == VHDX_LOCATOR_TYPE
     loc = c["locator"]
-    assert loc["parent_linkage"] == "{%s}" % current_header(parent)["data_write"]
+    assert loc["parent_linkage"] == f"{{{current_header(parent)['data_write']}}}"
     assert loc["relative_path"] == ".\\parent.vhdx"
     assert loc["absolute_win32_path"] == str(parent.resolve())
 
@@ -277,7 +279,12 @@ def test_child_structure(tmp_path: Path, qemu_img: str) -> None:
     ],
 )
 def test_parent_locator_paths(
-    tmp_path: Path, qemu_img: str, monkeypatch: pytest.MonkeyPatch, parent_rel: str, child_rel: str, expected: str
+    tmp_path: Path,
+    qemu_img: str,
+    monkeypatch: pytest.MonkeyPatch,
+    parent_rel: str,
+    child_rel: str,
+    expected: str,
 ) -> None:
     parent = tmp_path / parent_rel
     parent.parent.mkdir(parents=True, exist_ok=True)
@@ -324,7 +331,9 @@ def test_qemu_img_on_child(tmp_path: Path, parent: Path, qemu_img: str) -> None:
         assert "not supported" in proc.stderr.lower(), proc.stderr
 
 
-def test_qemu_accepts_structure_without_differencing_marks(tmp_path: Path, parent: Path, qemu_img: str) -> None:
+def test_qemu_accepts_structure_without_differencing_marks(
+    tmp_path: Path, parent: Path, qemu_img: str
+) -> None:
     """Clear HasParent and drop the parent-locator entry from a copy of the child: what
     remains must be a dynamic VHDX that qemu opens, checks, writes and checks again
     (headers, region tables, metadata, BAT and log placement)."""
@@ -363,7 +372,8 @@ def _raw_of(qemu_img: str, image: Path, out: Path) -> bytes:
 
 def test_child_reads_as_parent_with_dissect(tmp_path: Path, qemu_img: str) -> None:
     vhdx_mod = pytest.importorskip(
-        "dissect.hypervisor.disk.vhdx", reason="dissect.hypervisor (an independent VHDX reader) is not installed"
+        "dissect.hypervisor.disk.vhdx",
+        reason="dissect.hypervisor (an independent VHDX reader) is not installed",
     )
     work = tmp_path / "work"
     (work / "children").mkdir(parents=True)
@@ -402,7 +412,12 @@ def test_vhdimount_opens_child_and_parent(tmp_path: Path, qemu_img: str) -> None
     # Run from the child's directory with a bare name: vhdimount joins the directory of a
     # path-qualified image with the part of the parent path after its last backslash.
     proc = subprocess.run(
-        [vhdimount, child.name, str(mnt)], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        [vhdimount, child.name, str(mnt)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     if proc.returncode != 0:
         pytest.skip(f"vhdimount cannot mount here: {proc.stderr.strip()[:300]}")
@@ -544,7 +559,9 @@ def test_image_info_parent(parent: Path, qemu_img: str) -> None:
 
 @pytest.mark.parametrize("subformat", ["dynamic", "fixed"])
 def test_image_info_child(tmp_path: Path, qemu_img: str, subformat: str) -> None:
-    parent = make_parent(qemu_img, tmp_path / "parent.vhdx", "96M", f"subformat={subformat}", "block_size=2M")
+    parent = make_parent(
+        qemu_img, tmp_path / "parent.vhdx", "96M", f"subformat={subformat}", "block_size=2M"
+    )
     child = tmp_path / "child.vhdx"
     native.create_vhdx_differencing(child, parent)
     info = native.image_info(child, chain=False)

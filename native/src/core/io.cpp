@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fcntl.h>
 #include <random>
 #include <sys/stat.h>
@@ -21,26 +22,103 @@
 #define AS_O_BINARY 0
 #endif
 #ifndef O_CLOEXEC
+#ifdef _WIN32
+#define O_CLOEXEC _O_NOINHERIT
+#else
 #define O_CLOEXEC 0
+#endif
 #endif
 
 namespace agent_swarm::io {
+
+#ifdef _WIN32
+// Paths are UTF-8 (Python's filesystem encoding on Windows); the narrow CRT functions would
+// read them in the ANSI code page, so every path goes through the wide API.
+std::wstring widen(const std::string& utf8) {
+    if (utf8.empty()) return {};
+    int n = MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, utf8.data(), int(utf8.size()),
+                                nullptr, 0);
+    if (n <= 0) throw std::invalid_argument("path is not valid UTF-8: " + utf8);
+    std::wstring w(size_t(n), L'\0');
+    MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, utf8.data(), int(utf8.size()), &w[0], n);
+    return w;
+}
+
+std::string narrow(const std::wstring& utf16) {
+    if (utf16.empty()) return {};
+    int n = WideCharToMultiByte(CP_UTF8, 0, utf16.data(), int(utf16.size()), nullptr, 0, nullptr,
+                                nullptr);
+    std::string s(size_t(n > 0 ? n : 0), '\0');
+    if (n > 0)
+        WideCharToMultiByte(CP_UTF8, 0, utf16.data(), int(utf16.size()), &s[0], n, nullptr,
+                            nullptr);
+    return s;
+}
+
+int errno_from_win32(unsigned long err) {
+    switch (err) {
+        case ERROR_FILE_NOT_FOUND:
+        case ERROR_PATH_NOT_FOUND:
+        case ERROR_INVALID_DRIVE:
+        case ERROR_BAD_NETPATH:
+            return ENOENT;
+        case ERROR_ACCESS_DENIED:
+        case ERROR_SHARING_VIOLATION:
+        case ERROR_LOCK_VIOLATION:
+            return EACCES;
+        case ERROR_ALREADY_EXISTS:
+        case ERROR_FILE_EXISTS:
+            return EEXIST;
+        case ERROR_NOT_SAME_DEVICE:
+            return EXDEV;
+        case ERROR_DISK_FULL:
+        case ERROR_HANDLE_DISK_FULL:
+            return ENOSPC;
+        case ERROR_NOT_SUPPORTED:
+        case ERROR_INVALID_FUNCTION:
+            return EOPNOTSUPP;
+        case ERROR_INVALID_PARAMETER:
+        case ERROR_INVALID_NAME:
+            return EINVAL;
+        case ERROR_WRITE_PROTECT:
+            return EROFS;
+        default:
+            return EIO;
+    }
+}
+#endif
 
 namespace {
 #ifdef _WIN32
 using stat_t = struct _stat64;
 int do_fstat(int fd, stat_t* st) { return _fstat64(fd, st); }
-int do_lstat(const char* p, stat_t* st) { return _stat64(p, st); }
+int do_lstat(const char* p, stat_t* st) { return _wstat64(widen(p).c_str(), st); }
+int do_open(const std::string& p, int flags, int mode = 0) {
+    return _wopen(widen(p).c_str(), flags, mode);
+}
+int do_unlink(const std::string& p) { return _wunlink(widen(p).c_str()); }
 #else
 using stat_t = struct stat;
 int do_fstat(int fd, stat_t* st) { return ::fstat(fd, st); }
 int do_lstat(const char* p, stat_t* st) { return ::lstat(p, st); }
+int do_open(const std::string& p, int flags, int mode = 0) { return ::open(p.c_str(), flags, mode); }
+int do_unlink(const std::string& p) { return ::unlink(p.c_str()); }
 #endif
 }  // namespace
 
 File File::open_read(const std::string& path) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | AS_O_BINARY);
-    if (fd < 0) throw_errno("cannot open", path);
+    int fd = do_open(path, O_RDONLY | O_CLOEXEC | AS_O_BINARY);
+    if (fd < 0) {
+#ifdef _WIN32
+        // Windows refuses to open a directory as a file with EACCES.
+        int e = errno;
+        stat_t st{};
+        if (e == EACCES && do_lstat(path.c_str(), &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR)
+            throw PathError(EISDIR, "is a directory", path);
+        errno = e;
+#endif
+        throw_errno("cannot open", path);
+    }
     File f(fd, path);
     stat_t st{};
     if (do_fstat(fd, &st) != 0) throw_errno("cannot stat", path);
@@ -144,7 +222,13 @@ void File::pwrite_all(const void* buf, size_t n, uint64_t off) const {
 
 void File::truncate(uint64_t size) const {
 #ifdef _WIN32
-    if (_chsize_s(fd_, int64_t(size)) != 0) throw_errno("cannot resize", path_);
+    // Not _chsize_s: it writes zeros to extend a file, which defeats sparse files.
+    FILE_END_OF_FILE_INFO eof{};
+    eof.EndOfFile.QuadPart = LONGLONG(size);
+    HANDLE h = reinterpret_cast<HANDLE>(_get_osfhandle(fd_));
+    if (h == INVALID_HANDLE_VALUE ||
+        !SetFileInformationByHandle(h, FileEndOfFileInfo, &eof, sizeof eof))
+        throw PathError(errno_from_win32(GetLastError()), "cannot resize", path_);
 #else
     if (::ftruncate(fd_, off_t(size)) != 0) throw_errno("cannot resize", path_);
 #endif
@@ -193,19 +277,22 @@ std::string resolve_relative(const std::string& base_file, const std::string& re
     if (is_absolute(rel)) return rel;
     std::string d = dirname(base_file);
     if (d == ".") return rel;
-    if (is_sep(d.back())) return d + rel;  // "/" (or "C:\\"): no doubled separator
-    return d + "/" + rel;
+    return is_sep(d.back()) ? d + rel : d + "/" + rel;  // "/" or "C:\\": no doubled separator
 }
 
 std::string absolute(const std::string& path) {
     if (is_absolute(path)) return path;
-    char buf[4096];
 #ifdef _WIN32
-    if (!_getcwd(buf, sizeof buf)) throw_errno("cannot get current directory", path);
+    wchar_t* cwd = _wgetcwd(nullptr, 0);
+    if (!cwd) throw_errno("cannot get current directory", path);
+    std::string d = narrow(cwd);
+    free(cwd);
 #else
+    char buf[4096];
     if (!::getcwd(buf, sizeof buf)) throw_errno("cannot get current directory", path);
+    std::string d = buf;
 #endif
-    return std::string(buf) + "/" + path;
+    return is_sep(d.back()) ? d + path : d + "/" + path;
 }
 
 // ---- AtomicOutput ----
@@ -234,8 +321,7 @@ AtomicOutput::AtomicOutput(std::string final_path, bool overwrite, bool durable)
         throw PathError(EEXIST, "destination already exists", final_path_);
     for (int attempt = 0; attempt < 16; ++attempt) {
         temp_path_ = temp_name_for(final_path_);
-        int fd = ::open(temp_path_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | AS_O_BINARY,
-                        0644);
+        int fd = do_open(temp_path_, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | AS_O_BINARY, 0644);
         if (fd >= 0) {
             file_ = File(fd, temp_path_);
             return;
@@ -248,7 +334,7 @@ AtomicOutput::AtomicOutput(std::string final_path, bool overwrite, bool durable)
 AtomicOutput::~AtomicOutput() {
     if (!committed_) {
         file_.close();
-        if (!temp_path_.empty()) ::unlink(temp_path_.c_str());
+        if (!temp_path_.empty()) do_unlink(temp_path_);
     }
 }
 
@@ -264,11 +350,10 @@ void AtomicOutput::commit() {
     if (durable_) file_.sync();
     file_.close();
 #ifdef _WIN32
-    if (!MoveFileExA(temp_path_.c_str(), final_path_.c_str(),
-                     overwrite_ ? MOVEFILE_REPLACE_EXISTING : 0)) {
-        int e = GetLastError() == ERROR_ALREADY_EXISTS || GetLastError() == ERROR_FILE_EXISTS
-                    ? EEXIST
-                    : EIO;
+    if (!MoveFileExW(widen(temp_path_).c_str(), widen(final_path_).c_str(),
+                     MOVEFILE_WRITE_THROUGH | (overwrite_ ? MOVEFILE_REPLACE_EXISTING : 0))) {
+        int e = errno_from_win32(GetLastError());
+        if (e == EEXIST) throw PathError(e, "destination already exists", final_path_);
         throw PathError(e, "cannot move into place", final_path_, temp_path_);
     }
 #else
@@ -280,7 +365,7 @@ void AtomicOutput::commit() {
         if (::link(temp_path_.c_str(), final_path_.c_str()) != 0)
             throw_errno(errno == EEXIST ? "destination already exists" : "cannot move into place",
                         final_path_);
-        ::unlink(temp_path_.c_str());
+        do_unlink(temp_path_);
     }
     // Make the rename durable.
     int dfd = durable_ ? ::open(dirname(final_path_).c_str(), O_RDONLY | O_CLOEXEC) : -1;

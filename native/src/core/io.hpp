@@ -113,4 +113,11 @@ bool is_absolute(const std::string& path);
 std::string resolve_relative(const std::string& base_file, const std::string& rel);
 std::string absolute(const std::string& path);  // realpath-free absolutization (cwd join)
 
+#ifdef _WIN32
+// Paths are UTF-8 strings; these convert for the wide Win32/CRT functions.
+std::wstring widen(const std::string& utf8);  // std::invalid_argument if not UTF-8
+std::string narrow(const std::wstring& utf16);
+int errno_from_win32(unsigned long err);       // GetLastError() -> errno value
+#endif
+
 }  // namespace agent_swarm::io

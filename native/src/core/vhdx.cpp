@@ -42,7 +42,6 @@ constexpr uint32_t kMaxTableEntries = 2047;
 constexpr uint64_t kMaxVirtualSize = 64ull * 1024 * 1024 * kMiB;  // 64 TiB
 constexpr uint32_t kMetaIsVirtualDisk = 0x2;
 constexpr uint32_t kMetaIsRequired = 0x4;
-constexpr uint32_t kParamLeaveBlocksAllocated = 0x1;
 constexpr uint32_t kParamHasParent = 0x2;
 
 // ---- CRC-32C (reflected polynomial 0x82F63B78) ----
@@ -425,6 +424,7 @@ std::string native_seps(std::string s) {
     return s;
 }
 
+#ifndef _WIN32
 bool is_windows_absolute(const std::string& s) {
     return (s.size() > 2 && s[1] == ':' && (s[2] == '\\' || s[2] == '/')) ||
            (s.size() > 1 && s[0] == '\\' && s[1] == '\\');
@@ -447,6 +447,7 @@ std::vector<std::string> posix_components(const std::string& abs) {
     }
     return out;
 }
+#endif
 
 struct LocatorPaths {
     std::optional<std::string> relative;   // ".\name" / "..\dir\name" (UTF-8)
@@ -483,22 +484,8 @@ std::optional<std::string> relative_win(const std::vector<std::string>& from,
 }
 
 #ifdef _WIN32
-std::wstring widen(const std::string& s) {
-    if (s.empty()) return {};
-    int n = MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, s.data(), int(s.size()), nullptr, 0);
-    if (n <= 0) throw std::invalid_argument("path is not valid UTF-8: " + s);
-    std::wstring w(size_t(n), L'\0');
-    MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, s.data(), int(s.size()), &w[0], n);
-    return w;
-}
-
-std::string narrow(const std::wstring& w) {
-    if (w.empty()) return {};
-    int n = WideCharToMultiByte(CP_UTF8, 0, w.data(), int(w.size()), nullptr, 0, nullptr, nullptr);
-    std::string s(size_t(n > 0 ? n : 0), '\0');
-    if (n > 0) WideCharToMultiByte(CP_UTF8, 0, w.data(), int(w.size()), &s[0], n, nullptr, nullptr);
-    return s;
-}
+using io::narrow;
+using io::widen;
 
 std::wstring full_path(const std::string& p) {
     std::wstring w = widen(p);
@@ -779,7 +766,7 @@ void create_vhdx_differencing(const std::string& path, const std::string& parent
         const Guid& id = *items[i].id;
         if (id == kFileParameters) {
             io::put_le32(d, pimg.block_size);
-            io::put_le32(d + 4, kParamHasParent);  // LeaveBlocksAllocated = 0
+            io::put_le32(d + 4, kParamHasParent);  // LeaveBlocksAllocated (bit 0) = 0
         } else if (id == kVirtualDiskSize) {
             io::put_le64(d, pimg.virtual_size);
         } else if (id == kPage83Data) {
