@@ -1,10 +1,37 @@
 #!/usr/bin/env bash
-# The main job, end to end, with nothing to download: base image built locally -> project ->
-# task clones -> a command in each -> clean up. Does all of its own set-up.
+# The main job, end to end, with nothing to download: a base image built locally from Debian
+# packages -> a project VM -> two task VMs cloned from it in parallel -> a command in each ->
+# clean up. Does all of its own set-up. Uses a throwaway state directory.
 source "$(dirname "$0")/lib.sh"
 as_setup
-cd "$REPO"
-log "agent-swarm providers"
+export AGENT_SWARM_HOME="${AGENT_SWARM_HOME:-$(mktemp -d /tmp/agent-swarm-demo.XXXXXX)}"
+log "state directory: $AGENT_SWARM_HOME"
+
+cleanup() {
+  log "cleaning up"
+  for t in task-1 task-2; do agent-swarm delete "$t" >/dev/null 2>&1 || true; done
+  agent-swarm project delete demo >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
 agent-swarm providers
-# The libvirt provider (base image build, project, tasks) lands with the Linux provider;
-# until then the main job stops here, reporting what this host can run.
+log "base image (built once from Debian packages, then cached)"
+agent-swarm init-base --build debian-12
+log "project VM: boots, runs ~/.agent-swarm/setup.sh"
+agent-swarm project create demo --memory 1G
+agent-swarm project run demo -- 'echo "hello from the template" > ~/hello.txt'
+log "seal the project as a template"
+agent-swarm project stop demo
+log "two task VMs, cloned copy-on-write, created in parallel"
+agent-swarm create demo task-1 &
+p1=$!
+agent-swarm create demo task-2 &
+p2=$!
+wait $p1
+wait $p2
+agent-swarm list
+for t in task-1 task-2; do
+  log "run in $t"
+  agent-swarm run "$t" -- 'echo "$(hostname): $(cat ~/hello.txt)"'
+done
+log "done"

@@ -10,6 +10,11 @@ export DEBIAN_FRONTEND=noninteractive
 # independent image tools the tests check our images with.
 BASE_APT=(python3 python3-venv python3-dev g++ make zlib1g-dev pkg-config
           qemu-utils libvhdi-utils xfsprogs util-linux e2fsprogs)
+# The Linux provider: libvirt + QEMU, and what building the Debian base image needs.
+LINUX_APT=(libvirt-daemon-system libvirt-daemon libvirt-clients libvirt-dev
+           qemu-system-x86 qemu-system-data openssh-client
+           mmdebstrap grub-pc-bin grub-efi-amd64-bin grub2-common dosfstools mtools
+           procps iproute2)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -39,12 +44,22 @@ ensure_venv() {
 install_agent_swarm() {
   # A real (non-editable) install: tests import what users get.
   log "building and installing agent-swarm (native core included)"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$REPO[test]" "$@"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$REPO[libvirt,test]" "$@"
+}
+
+# libvirtd and virtlogd, started as daemons when not running (no systemd needed).
+start_libvirt() {
+  [ "$(id -u)" -eq 0 ] || return 0
+  pgrep -x virtlogd >/dev/null || { log "starting virtlogd"; virtlogd -d; }
+  pgrep -x libvirtd >/dev/null || { log "starting libvirtd"; libvirtd -d; }
+  for _ in $(seq 1 50); do [ -S /run/libvirt/libvirt-sock ] && return 0; sleep 0.2; done
+  log "libvirtd did not come up"; return 1
 }
 
 as_setup() {
-  ensure_apt "${BASE_APT[@]}" "$@"
+  ensure_apt "${BASE_APT[@]}" "${LINUX_APT[@]}" "$@"
   ensure_venv
   install_agent_swarm
   export PATH="$VENV/bin:$PATH"
+  start_libvirt
 }

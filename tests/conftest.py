@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # for tests_support (import-mode=importlib)
+
+from tests_support import agent_swarm_cmd
 
 
 @pytest.fixture
@@ -18,15 +21,6 @@ def swarm_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     home = tmp_path / "swarm-home"
     monkeypatch.setenv("AGENT_SWARM_HOME", str(home))
     yield home
-
-
-def agent_swarm_exe() -> str:
-    exe = Path(sys.executable).with_name("agent-swarm")
-    if exe.exists():
-        return str(exe)
-    found = shutil.which("agent-swarm")
-    assert found, "the agent-swarm entry point is not installed"
-    return found
 
 
 @pytest.fixture
@@ -38,7 +32,7 @@ def cli(swarm_home: Path):  # type: ignore[no-untyped-def]
     ) -> subprocess.CompletedProcess[str]:
         e = {**os.environ, "AGENT_SWARM_HOME": str(swarm_home), **(env or {})}
         return subprocess.run(
-            [agent_swarm_exe(), *args],
+            [*agent_swarm_cmd(), *args],
             input=input,
             capture_output=True,
             text=True,

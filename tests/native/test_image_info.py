@@ -74,8 +74,17 @@ def test_qcow2_matches_qemu(tmp_path: Path, opts: list[str]) -> None:
 @pytest.mark.parametrize("backing_fmt", ["raw", "qcow2"])
 def test_qcow2_with_backing_matches_qemu(tmp_path: Path, compat: str, backing_fmt: str) -> None:
     base = create(tmp_path / "base.img", backing_fmt, 64 * MiB)
-    top = create(tmp_path / "top.qcow2", "qcow2", 128 * MiB, "-o", f"compat={compat}",
-                 "-b", "base.img", "-F", backing_fmt)
+    top = create(
+        tmp_path / "top.qcow2",
+        "qcow2",
+        128 * MiB,
+        "-o",
+        f"compat={compat}",
+        "-b",
+        "base.img",
+        "-F",
+        backing_fmt,
+    )
     q = qinfo(top)
     assert isinstance(q, dict)
     info = native.image_info(top, chain=False)
@@ -88,8 +97,9 @@ def test_qcow2_with_backing_matches_qemu(tmp_path: Path, compat: str, backing_fm
 
 def test_raw_matches_qemu(tmp_path: Path) -> None:
     img = create(tmp_path / "disk.img", "raw", 100 * MiB)
-    subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 1 0 1M", str(img)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["qemu-io", "-f", "raw", "-c", "write -P 1 0 1M", str(img)], check=True, capture_output=True
+    )
     q = qinfo(img)
     assert isinstance(q, dict)
     info = native.image_info(img)
@@ -103,9 +113,18 @@ def test_raw_matches_qemu(tmp_path: Path) -> None:
 
 def test_three_deep_chain(tmp_path: Path) -> None:
     (tmp_path / "base").mkdir()
-    base = create(tmp_path / "base" / "base.raw", "raw", 32 * MiB)
-    mid = create(tmp_path / "mid.qcow2", "qcow2", 32 * MiB, "-o", "cluster_size=4096",
-                 "-b", "base/base.raw", "-F", "raw")
+    create(tmp_path / "base" / "base.raw", "raw", 32 * MiB)
+    mid = create(
+        tmp_path / "mid.qcow2",
+        "qcow2",
+        32 * MiB,
+        "-o",
+        "cluster_size=4096",
+        "-b",
+        "base/base.raw",
+        "-F",
+        "raw",
+    )
     top = create(tmp_path / "top.qcow2", "qcow2", 64 * MiB, "-b", str(mid), "-F", "qcow2")
     q = qinfo(top, chain=True)
     assert isinstance(q, list) and len(q) == 3
@@ -113,7 +132,7 @@ def test_three_deep_chain(tmp_path: Path) -> None:
     info = native.image_info(top)
     nodes = [info, *info.backing_chain]
     assert len(nodes) == 3
-    for ours, theirs in zip(nodes, q):
+    for ours, theirs in zip(nodes, q, strict=False):
         assert ours.path == theirs["filename"]
         assert ours.format == theirs["format"]
         assert ours.virtual_size == theirs["virtual-size"]
@@ -128,8 +147,17 @@ def test_three_deep_chain(tmp_path: Path) -> None:
 
 def test_backing_format_not_recorded_is_detected(tmp_path: Path) -> None:
     base = create(tmp_path / "base.qcow2", "qcow2", 4 * MiB)
-    top = create(tmp_path / "top.qcow2", "qcow2", 4 * MiB, "-o", "compat=0.10",
-                 "-b", "base.qcow2", "-F", "qcow2")
+    top = create(
+        tmp_path / "top.qcow2",
+        "qcow2",
+        4 * MiB,
+        "-o",
+        "compat=0.10",
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+    )
     # Turn the backing-format extension (right after the 72-byte v2 header) into the end marker.
     assert top.read_bytes()[72:76] == bytes.fromhex("e2792aca")
     patch(top, 72, bytes(8))
@@ -296,5 +324,5 @@ def test_truncated_qcow2(tmp_path: Path, length: int) -> None:
     native.create_qcow2_overlay(full, "base.raw")
     img = tmp_path / "img.qcow2"
     img.write_bytes(full.read_bytes()[:length])
-    with pytest.raises(native.InvalidImageError, match="truncated|does not look like"):
+    with pytest.raises(native.InvalidImageError, match=r"truncated|does not look like"):
         native.image_info(img)

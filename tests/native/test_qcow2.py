@@ -26,9 +26,7 @@ MiB = 1 << 20
 
 
 def run(*args: str | os.PathLike[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [os.fspath(a) for a in args], check=check, capture_output=True, text=True
-    )
+    return subprocess.run([os.fspath(a) for a in args], check=check, capture_output=True, text=True)
 
 
 def qemu_img(*args: str | os.PathLike[str]) -> str:
@@ -42,8 +40,14 @@ def qemu_io(fmt: str, path: Path, *cmds: str) -> None:
     run("qemu-io", "-f", fmt, *args, path)
 
 
-def make_qcow2(path: Path, size: int, *writes: str, opts: str = "", backing: Path | None = None,
-               backing_fmt: str | None = None) -> Path:
+def make_qcow2(
+    path: Path,
+    size: int,
+    *writes: str,
+    opts: str = "",
+    backing: Path | None = None,
+    backing_fmt: str | None = None,
+) -> Path:
     args = ["create", "-q", "-f", "qcow2"]
     if opts:
         args += ["-o", opts]
@@ -98,9 +102,9 @@ def assert_nothing_left(d: Path, before: set[str]) -> None:
 @pytest.mark.parametrize("backing_fmt", ["raw", "qcow2"])
 def test_overlay_is_byte_identical_to_qemu_img_create(tmp_path: Path, backing_fmt: str) -> None:
     if backing_fmt == "raw":
-        base = make_raw(tmp_path / "base.img", 3 * 1024 * MiB + 512)
+        make_raw(tmp_path / "base.img", 3 * 1024 * MiB + 512)
     else:
-        base = make_qcow2(tmp_path / "base.img", 3 * 1024 * MiB + 512)
+        make_qcow2(tmp_path / "base.img", 3 * 1024 * MiB + 512)
     ref = tmp_path / "ref.qcow2"
     qemu_img("create", "-q", "-f", "qcow2", "-b", "base.img", "-F", backing_fmt, ref)
     # Relative name: resolved against the overlay's directory, not the cwd.
@@ -355,9 +359,19 @@ def _run_as_nobody(*args: str) -> str:
     if setpriv is None:
         pytest.skip("setpriv not available")
     r = subprocess.run(
-        [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
-         "-c", _AS_NOBODY, *args],
-        capture_output=True, text=True, cwd="/",
+        [
+            setpriv,
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            _AS_NOBODY,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        cwd="/",
     )
     if r.returncode != 0:
         pytest.skip(f"cannot run the package as nobody: {r.stderr.strip()[-300:]}")
@@ -458,8 +472,19 @@ def test_convert_compressed(tmp_path: Path, cluster_size: int) -> None:
         f.seek(48 * MiB - 700)
         f.write(b"\x07" * 700)
     comp = tmp_path / "comp.qcow2"
-    qemu_img("convert", "-q", "-c", "-f", "raw", "-O", "qcow2",
-             "-o", f"cluster_size={cluster_size}", raw, comp)
+    qemu_img(
+        "convert",
+        "-q",
+        "-c",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        "-o",
+        f"cluster_size={cluster_size}",
+        raw,
+        comp,
+    )
     # Some clusters are really compressed.
     assert comp.stat().st_size < 30 * MiB
     data = assert_same_as_qemu(comp, tmp_path)
@@ -471,15 +496,22 @@ def test_convert_compressed_in_backing_of_smaller_clusters(tmp_path: Path) -> No
     raw = make_raw(tmp_path / "c.raw", 8 * MiB, "write -P 0x5c 0 8M")
     base = tmp_path / "base.qcow2"
     qemu_img("convert", "-q", "-c", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=2M", raw, base)
-    top = make_qcow2(tmp_path / "top.qcow2", 8 * MiB, "write -P 0x11 1M 4k", "write -z 3M 8k",
-                     opts="cluster_size=4096", backing=base)
+    top = make_qcow2(
+        tmp_path / "top.qcow2",
+        8 * MiB,
+        "write -P 0x11 1M 4k",
+        "write -z 3M 8k",
+        opts="cluster_size=4096",
+        backing=base,
+    )
     assert_same_as_qemu(top, tmp_path)
 
 
 def test_convert_zero_clusters(tmp_path: Path) -> None:
     base = make_qcow2(tmp_path / "base.qcow2", 16 * MiB, "write -P 0xab 0 16M")
-    top = make_qcow2(tmp_path / "top.qcow2", 16 * MiB, "write -z 1M 2M", "write -P 0xcd 4M 64k",
-                     backing=base)
+    top = make_qcow2(
+        tmp_path / "top.qcow2", 16 * MiB, "write -z 1M 2M", "write -P 0xcd 4M 64k", backing=base
+    )
     # QEMU really wrote zero-flagged clusters (not data) in the overlay.
     mapping = json.loads(qemu_img("map", "--output=json", top))
     assert any(m["zero"] and m["depth"] == 0 and m["start"] == MiB for m in mapping)
@@ -493,13 +525,26 @@ def test_convert_zero_clusters(tmp_path: Path) -> None:
 
 def test_convert_two_level_chain_with_short_backings(tmp_path: Path) -> None:
     base = make_raw(tmp_path / "base.raw", 8 * MiB, "write -P 0x01 0 8M")
-    mid = make_qcow2(tmp_path / "mid.qcow2", 24 * MiB, "write -P 0x02 4M 8M", "write -z 6M 64k",
-                     opts="cluster_size=4096", backing=base, backing_fmt="raw")
-    top = make_qcow2(tmp_path / "top.qcow2", 40 * MiB, "write -P 0x03 7M 2M",
-                     "write -P 0x04 39M 1M", opts="cluster_size=2M", backing=mid)
+    mid = make_qcow2(
+        tmp_path / "mid.qcow2",
+        24 * MiB,
+        "write -P 0x02 4M 8M",
+        "write -z 6M 64k",
+        opts="cluster_size=4096",
+        backing=base,
+        backing_fmt="raw",
+    )
+    top = make_qcow2(
+        tmp_path / "top.qcow2",
+        40 * MiB,
+        "write -P 0x03 7M 2M",
+        "write -P 0x04 39M 1M",
+        opts="cluster_size=2M",
+        backing=mid,
+    )
     data = assert_same_as_qemu(top, tmp_path, sparse=False)
     assert len(data) == 40 * MiB
-    assert data[:4 * MiB] == b"\x01" * (4 * MiB)
+    assert data[: 4 * MiB] == b"\x01" * (4 * MiB)
     assert data[30 * MiB : 31 * MiB] == bytes(MiB)  # beyond both backings
     # The native overlay writer's output converts too.
     ov = tmp_path / "ov.qcow2"
@@ -523,8 +568,16 @@ def test_convert_raw_source(tmp_path: Path) -> None:
 )
 def test_convert_refuses_unsupported_features(tmp_path: Path, opts: str, match: str) -> None:
     src = tmp_path / "src.qcow2"
-    qemu_img("create", "-q", "-f", "qcow2", "-o", opts.replace("DATA", str(tmp_path / "d.raw")),
-             src, "1M")
+    qemu_img(
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        opts.replace("DATA", str(tmp_path / "d.raw")),
+        src,
+        "1M",
+    )
     before = set(os.listdir(tmp_path))
     with pytest.raises(native.InvalidImageError, match=match):
         native.convert_qcow2_to_raw(src, tmp_path / "out.raw")
@@ -534,10 +587,20 @@ def test_convert_refuses_unsupported_features(tmp_path: Path, opts: str, match: 
 def test_convert_refuses_encrypted(tmp_path: Path) -> None:
     src = tmp_path / "enc.qcow2"
     for _ in range(5):  # QEMU's PBKDF timing ("Unable to get accurate CPU usage") is flaky
-        r = run("qemu-img", "create", "-q", "--object", "secret,id=sec0,data=123456",
-                "-f", "qcow2", "-o",
-                "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=100", src, "1M",
-                check=False)
+        r = run(
+            "qemu-img",
+            "create",
+            "-q",
+            "--object",
+            "secret,id=sec0,data=123456",
+            "-f",
+            "qcow2",
+            "-o",
+            "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=100",
+            src,
+            "1M",
+            check=False,
+        )
         if r.returncode == 0:
             break
         src.unlink(missing_ok=True)
@@ -551,8 +614,18 @@ def test_convert_refuses_encrypted(tmp_path: Path) -> None:
 
 def test_convert_refuses_zstd_clusters(tmp_path: Path) -> None:
     src = tmp_path / "z.qcow2"
-    r = run("qemu-img", "create", "-q", "-f", "qcow2", "-o", "compression_type=zstd", src, "1M",
-            check=False)
+    r = run(
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "compression_type=zstd",
+        src,
+        "1M",
+        check=False,
+    )
     if r.returncode != 0:
         pytest.skip("this QEMU has no zstd support")
     # Without compressed clusters the compression type does not matter.

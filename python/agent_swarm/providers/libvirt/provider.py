@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import libvirt
 
@@ -19,6 +21,7 @@ from agent_swarm.providers.libvirt import accel as accel_mod
 from agent_swarm.providers.libvirt.domain import domain_xml
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 URI = "qemu:///system"
 SSH_USER = "worker"
@@ -32,6 +35,44 @@ _STATES = {
     libvirt.VIR_DOMAIN_CRASHED: InstanceState.BROKEN,
     libvirt.VIR_DOMAIN_PMSUSPENDED: InstanceState.PAUSED,
 }
+
+
+LIBVIRT_TIMEOUT = float(os.environ.get("AGENT_SWARM_LIBVIRT_TIMEOUT", "120"))
+SNAPSHOT_TIMEOUT = 900.0  # a memory checkpoint writes the guest's RAM (slow under TCG)
+HUNG_HINT = (
+    "libvirtd seems hung (see `virsh list`); restart it: `systemctl restart libvirtd`, "
+    "or as root kill it and run `libvirtd -d`"
+)
+
+
+def bounded(what: str, fn: Callable[..., T], *args: Any, timeout: float = LIBVIRT_TIMEOUT) -> T:
+    """Call a (blocking) libvirt function, but give up after ``timeout`` seconds.
+
+    libvirt calls block without limit when libvirtd is stuck (seen: a hung QEMU
+    capabilities probe blocks every defineXML). The call keeps running in a daemon thread;
+    the command fails with a clear error instead of hanging forever.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn(*args)
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=target, name=f"libvirt: {what}", daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        raise ProviderError(
+            f"{what}: libvirtd did not answer within {timeout:.0f} s", hint=HUNG_HINT
+        )
+    if "error" in box:
+        exc = box["error"]
+        if isinstance(exc, libvirt.libvirtError):
+            raise ProviderError(f"{what}: {exc.get_error_message()}") from exc
+        raise exc
+    return box["value"]  # type: ignore[no-any-return]
 
 
 def _quiet_libvirt() -> None:
@@ -55,7 +96,12 @@ class LibvirtProvider(Provider):
     def conn(self) -> libvirt.virConnect:
         if self._conn is None:
             try:
-                self._conn = libvirt.open(self.uri)
+                self._conn = bounded("connecting to libvirtd", libvirt.open, self.uri, timeout=30)
+            except ProviderError as exc:
+                raise ProviderUnavailable(
+                    f"cannot connect to libvirt at {self.uri}: {exc.message}",
+                    hint="start it: `systemctl start libvirtd` (or `libvirtd -d` as root)",
+                ) from exc
             except libvirt.libvirtError as exc:
                 raise ProviderUnavailable(
                     f"cannot connect to libvirt at {self.uri}: {exc.get_error_message()}",
@@ -125,14 +171,12 @@ class LibvirtProvider(Provider):
         xml = domain_xml(
             spec, domain_name=self.domain_name(spec), accel=self.accel.kind, home=self.home
         )
-        with self._errors(f"defining the VM for {spec.kind} {spec.name!r}"):
-            self.conn.defineXML(xml)
+        bounded(f"defining the VM for {spec.kind} {spec.name!r}", self.conn.defineXML, xml)
 
     def start(self, spec: VMSpec) -> None:
         dom = self._dom(spec)
-        with self._errors(f"starting {spec.kind} {spec.name!r}"):
-            if not dom.isActive():
-                dom.create()
+        if not bounded("reading the VM state", dom.isActive):
+            bounded(f"starting {spec.kind} {spec.name!r}", dom.create)
 
     def stop(self, spec: VMSpec, *, force: bool = False, timeout: float = 90) -> None:
         """ACPI shutdown, then power off after ``timeout`` seconds (at once with ``force``)."""
@@ -150,8 +194,8 @@ class LibvirtProvider(Provider):
                     time.sleep(0.5)
                 log.info("%s did not shut down in %.0f s; forcing it off", spec.name, timeout)
             try:
-                dom.destroy()
-            except libvirt.libvirtError:
+                bounded(f"powering off {spec.name!r}", dom.destroy)
+            except ProviderError:
                 if dom.isActive():
                     raise
 
@@ -163,8 +207,8 @@ class LibvirtProvider(Provider):
         with self._errors(f"deleting the VM of {spec.kind} {spec.name!r}"):
             if dom.isActive():
                 try:
-                    dom.destroy()
-                except libvirt.libvirtError:
+                    bounded(f"powering off {spec.name!r}", dom.destroy)
+                except ProviderError:
                     if dom.isActive():
                         raise
             flags = (
@@ -173,9 +217,13 @@ class LibvirtProvider(Provider):
                 | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
             )
             try:
-                dom.undefineFlags(flags)
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                bounded(f"undefining {spec.name!r}", dom.undefineFlags, flags)
+            except ProviderError as exc:
+                cause = exc.__cause__
+                if not (
+                    isinstance(cause, libvirt.libvirtError)
+                    and cause.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN
+                ):
                     raise
 
     def status(self, spec: VMSpec) -> tuple[InstanceState, str | None]:
@@ -227,14 +275,21 @@ class LibvirtProvider(Provider):
     def checkpoint(self, spec: VMSpec, tag: str) -> None:
         dom = self._dom(spec)
         xml = f"<domainsnapshot><name>{tag}</name></domainsnapshot>"
-        with self._errors(f"checkpointing {spec.name!r}"):
-            dom.snapshotCreateXML(xml, 0)
+        bounded(
+            f"checkpointing {spec.name!r}", dom.snapshotCreateXML, xml, 0, timeout=SNAPSHOT_TIMEOUT
+        )
 
     def restore(self, spec: VMSpec, tag: str) -> None:
         dom = self._dom(spec)
         with self._errors(f"restoring {spec.name!r} to {tag!r}"):
             snap = dom.snapshotLookupByName(tag)
-            dom.revertToSnapshot(snap, libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_FORCE)
+        bounded(
+            f"restoring {spec.name!r} to {tag!r}",
+            dom.revertToSnapshot,
+            snap,
+            libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_FORCE,
+            timeout=SNAPSHOT_TIMEOUT,
+        )
 
     def list_checkpoints(self, spec: VMSpec) -> list[dict[str, Any]]:
         dom = self._dom(spec)

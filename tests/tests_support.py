@@ -1,0 +1,56 @@
+"""Helpers shared by test modules (importable: tests/ is on sys.path via conftest)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+
+def agent_swarm_cmd() -> list[str]:
+    exe = Path(sys.executable).with_name("agent-swarm")
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("agent-swarm")
+    assert found, "the agent-swarm entry point is not installed"
+    return [found]
+
+
+class Swarm:
+    """Runs the real `agent-swarm` CLI against one state directory."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+
+    def __call__(
+        self, *args: str, check: bool = True, timeout: float = 900, input: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        r = subprocess.run(
+            [*agent_swarm_cmd(), *args], capture_output=True, text=True, timeout=timeout,
+            input=input, env={**os.environ, "AGENT_SWARM_HOME": str(self.home), **(env or {})},
+        )  # fmt: skip
+        if check and r.returncode != 0:
+            raise AssertionError(
+                f"agent-swarm {' '.join(args)} exited {r.returncode}\n"
+                f"stdout: {r.stdout[-2000:]}\nstderr: {r.stderr[-3000:]}"
+            )
+        return r
+
+    def json(self, *args: str) -> object:
+        return json.loads(self("--json", *args).stdout)
+
+    def run(self, vm: str, command: str, *, project: bool = False) -> str:
+        args = ("project", "run", vm, command) if project else ("run", vm, command)
+        return self(*args).stdout
+
+
+def domains_of(home: Path) -> list[str]:
+    tag = hashlib.sha256(str(home).encode()).hexdigest()[:6]
+    out = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
+                         capture_output=True, text=True, check=True, timeout=60).stdout  # fmt: skip
+    return [d for d in out.split() if d.startswith(f"agent-swarm-{tag}-")]
