@@ -27,13 +27,21 @@ class Swarm:
         self.home = home
 
     def __call__(
-        self, *args: str, check: bool = True, timeout: float = 900, input: str | None = None,
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float = 900,
+        input: str | None = None,
         env: dict[str, str] | None = None,
-    ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    ) -> subprocess.CompletedProcess[str]:
         r = subprocess.run(
-            [*agent_swarm_cmd(), *args], capture_output=True, text=True, timeout=timeout,
-            input=input, env={**os.environ, "AGENT_SWARM_HOME": str(self.home), **(env or {})},
-        )  # fmt: skip
+            [*agent_swarm_cmd(), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+            env={**os.environ, "AGENT_SWARM_HOME": str(self.home), **(env or {})},
+        )
         if check and r.returncode != 0:
             raise AssertionError(
                 f"agent-swarm {' '.join(args)} exited {r.returncode}\n"
@@ -51,6 +59,11 @@ class Swarm:
 
 def domains_of(home: Path) -> list[str]:
     tag = hashlib.sha256(str(home).encode()).hexdigest()[:6]
-    out = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
-                         capture_output=True, text=True, check=True, timeout=60).stdout  # fmt: skip
+    out = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
     return [d for d in out.split() if d.startswith(f"agent-swarm-{tag}-")]

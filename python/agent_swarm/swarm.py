@@ -97,6 +97,19 @@ def setup_script_path() -> Path:
     return p
 
 
+def _disk_error(exc: OSError, what: str) -> AgentSwarmError:
+    """An OSError from creating a VM's files, as a one-line user error."""
+    import errno
+
+    where = exc.filename or paths.home()
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return AgentSwarmError(
+            f"{what}: no space left on the device of {where}",
+            hint=f"free some space (df -h {paths.home()}), or set AGENT_SWARM_HOME elsewhere",
+        )
+    return AgentSwarmError(f"{what}: {exc.strerror or exc} ({where})")
+
+
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
@@ -426,6 +439,9 @@ class Swarm:
             host = self._write_seed(spec, first_boot_setup=True)
             self.reg.set_host_key("project", name, host.public_openssh)
             provider.define(spec)
+        except OSError as exc:
+            self._rollback("project", name, d)
+            raise _disk_error(exc, f"cannot create project {name}") from exc
         except BaseException:
             self._rollback("project", name, d)
             raise
@@ -557,6 +573,9 @@ class Swarm:
             host = self._write_seed(spec, first_boot_setup=False)
             self.reg.set_host_key("task", name, host.public_openssh)
             provider.define(spec)
+        except OSError as exc:
+            self._rollback("task", name, d)
+            raise _disk_error(exc, f"cannot create task {name}") from exc
         except BaseException:
             self._rollback("task", name, d)
             raise

@@ -28,8 +28,10 @@ def qemu_img_check(path: Path) -> None:
 def backing_chain(path: Path) -> list[str]:
     out = subprocess.run(
         ["qemu-img", "info", "-U", "--backing-chain", "--output=json", str(path)],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return [i["filename"] for i in json.loads(out)]
 
 
@@ -104,12 +106,14 @@ def test_full_flow(swarm: Swarm) -> None:
 
     # -- the project runs again and changes: the tasks never see it
     swarm("project", "start", "myapp")
-    swarm.run("myapp", "echo changed > ~/marker.txt && echo new > ~/project-only && sync",
-              project=True)  # fmt: skip
+    swarm.run(
+        "myapp", "echo changed > ~/marker.txt && echo new > ~/project-only && sync", project=True
+    )
     for t in ("task-a", "task-b"):
         assert swarm.run(t, "cat ~/marker.txt; test -e ~/project-only || echo absent").split() == [
-            "from-template", "absent",
-        ]  # fmt: skip
+            "from-template",
+            "absent",
+        ]
     swarm("project", "stop", "myapp", "--no-seal")
     assert not (home / "projects/myapp/gen-2.qcow2").exists()
 
@@ -128,9 +132,12 @@ def test_full_flow(swarm: Swarm) -> None:
     swarm("stop", "task-a")
     swarm("stop", "task-b")
     images = [
-        home / "base-images/debian-12.qcow2", gen1, home / "projects/myapp/disk.qcow2",
-        home / "tasks/task-a/disk.qcow2", home / "tasks/task-b/disk.qcow2",
-    ]  # fmt: skip
+        home / "base-images/debian-12.qcow2",
+        gen1,
+        home / "projects/myapp/disk.qcow2",
+        home / "tasks/task-a/disk.qcow2",
+        home / "tasks/task-b/disk.qcow2",
+    ]
     for img in images:
         qemu_img_check(img)
 

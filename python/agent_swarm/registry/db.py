@@ -126,14 +126,29 @@ class Registry:
         if self._conn.in_transaction:  # nested: join the outer transaction
             yield self._conn
             return
-        self._conn.execute("BEGIN IMMEDIATE")
         try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        else:
-            self._conn.execute("COMMIT")
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            else:
+                self._conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            # "database is locked" after the busy timeout, "database or disk is full", ...
+            if self._conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+            hint = (
+                f"free some space on the filesystem of {self.path.parent}"
+                if "full" in str(exc)
+                else "another agent-swarm process may hold the registry; try again"
+            )
+            raise RegistryError(
+                f"cannot update the registry {self.path}: {exc}", hint=hint
+            ) from exc
 
     def _one(self, sql: str, args: tuple[Any, ...]) -> sqlite3.Row | None:
         row: sqlite3.Row | None = self._conn.execute(sql, args).fetchone()

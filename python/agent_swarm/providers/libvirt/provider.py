@@ -23,7 +23,7 @@ from agent_swarm.providers.libvirt.domain import domain_xml
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-URI = "qemu:///system"
+URI = os.environ.get("AGENT_SWARM_LIBVIRT_URI", "qemu:///system")
 SSH_USER = "worker"
 
 _STATES = {
@@ -83,9 +83,9 @@ def _quiet_libvirt() -> None:
 class LibvirtProvider(Provider):
     name: ClassVar[str] = "libvirt"
 
-    def __init__(self, uri: str = URI) -> None:
+    def __init__(self, uri: str | None = None) -> None:
         _quiet_libvirt()
-        self.uri = uri
+        self.uri = uri or os.environ.get("AGENT_SWARM_LIBVIRT_URI", "qemu:///system")
         self._conn: libvirt.virConnect | None = None
         self._accel: accel_mod.Accel | None = None
         self.home = str(paths.home())
