@@ -14,7 +14,7 @@ BASE_APT=(python3 python3-venv python3-dev g++ make zlib1g-dev pkg-config
 LINUX_APT=(libvirt-daemon-system libvirt-daemon libvirt-clients libvirt-dev
            qemu-system-x86 qemu-system-data openssh-client
            mmdebstrap grub-pc-bin grub-efi-amd64-bin grub2-common dosfstools mtools
-           procps iproute2)
+           procps iproute2 tini)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -47,29 +47,11 @@ install_agent_swarm() {
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$REPO[libvirt,test]" "$@"
 }
 
-# libvirtd and virtlogd, started as daemons when not running (no systemd needed), then
-# warmed up: the first QEMU capabilities probe of a fresh libvirtd can hang (seen with
-# libvirt 9.0 here); a libvirtd we started ourselves is restarted until it answers.
+# libvirtd and virtlogd, started when not running (no systemd needed); see the script.
 start_libvirt() {
   [ "$(id -u)" -eq 0 ] || return 0
-  pgrep -x virtlogd >/dev/null || { log "starting virtlogd"; virtlogd -d; }
-  local ours=0
-  if ! pgrep -x libvirtd >/dev/null; then log "starting libvirtd"; libvirtd -d; ours=1; fi
-  for attempt in 1 2 3; do
-    for _ in $(seq 1 50); do [ -S /run/libvirt/libvirt-sock ] && break; sleep 0.2; done
-    if timeout 90 virsh -c qemu:///system domcapabilities --virttype qemu \
-         --emulatorbin "$(command -v qemu-system-x86_64)" >/dev/null 2>&1; then
-      return 0
-    fi
-    [ "$ours" -eq 1 ] || { log "libvirtd does not answer; restart it"; return 1; }
-    log "libvirtd did not answer its capabilities probe; restarting it (attempt $attempt)"
-    kill "$(cat /run/libvirtd.pid)" 2>/dev/null || true
-    sleep 2
-    kill -9 "$(cat /run/libvirtd.pid 2>/dev/null)" 2>/dev/null || true
-    rm -f /run/libvirtd.pid
-    libvirtd -d
-  done
-  log "libvirtd did not come up"; return 1
+  log "libvirtd"
+  bash "$REPO/ci/start-libvirt.sh"
 }
 
 as_setup() {

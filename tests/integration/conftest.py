@@ -5,15 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests_support import Swarm, domains_of
-
-LIBVIRT_SOCK = "/run/libvirt/libvirt-sock"
 
 
 def _why_not() -> str | None:
@@ -29,58 +26,16 @@ def _why_not() -> str | None:
     return None
 
 
-def _answers(timeout: float = 90) -> bool:
-    qemu = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
-    try:
-        r = subprocess.run(
-            [
-                "virsh",
-                "-c",
-                "qemu:///system",
-                "domcapabilities",
-                "--virttype",
-                "qemu",
-                "--emulatorbin",
-                qemu,
-            ],
-            capture_output=True,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:
-        return False
-    return r.returncode == 0
-
-
 @pytest.fixture(scope="session")
 def libvirtd() -> Iterator[None]:
-    """libvirtd and virtlogd, started (as daemons) when not running, and answering.
-
-    A fresh libvirtd's first QEMU capabilities probe can hang (libvirt 9.0 here); a daemon
-    this fixture started is restarted (by its PID) until it answers.
-    """
+    """libvirtd and virtlogd running and answering (ci/start-libvirt.sh starts them when
+    they are not running, under a subreaper, and restarts its own libvirtd if it hangs)."""
     why = _why_not()
     if why:
         pytest.skip(why)
-    if subprocess.run(["pgrep", "-x", "virtlogd"], capture_output=True).returncode != 0:
-        subprocess.run(["virtlogd", "-d"], check=True)
-    ours = subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True).returncode != 0
-    if ours:
-        subprocess.run(["libvirtd", "-d"], check=True)
-    for _attempt in range(3):
-        deadline = time.monotonic() + 30
-        while not os.path.exists(LIBVIRT_SOCK):
-            assert time.monotonic() < deadline, "libvirtd did not create its socket"
-            time.sleep(0.2)
-        if _answers():
-            break
-        assert ours, "libvirtd (not started by the tests) does not answer: restart it"
-        pid = int(Path("/run/libvirtd.pid").read_text())
-        os.kill(pid, 9)
-        time.sleep(1)
-        Path("/run/libvirtd.pid").unlink(missing_ok=True)
-        subprocess.run(["libvirtd", "-d"], check=True)
-    else:
-        pytest.fail("libvirtd did not answer after 3 restarts")
+    script = Path(__file__).resolve().parents[2] / "ci" / "start-libvirt.sh"
+    r = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"libvirtd is not usable: {r.stderr}"
     yield
 
 

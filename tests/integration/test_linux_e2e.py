@@ -17,7 +17,7 @@ import pytest
 
 from tests_support import Swarm, domains_of
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 
 def qemu_img_check(path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from tests_support import Swarm, domains_of
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 
 def rows(home: Path, table: str) -> int:

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Start virtlogd and libvirtd when they are not running, and make sure libvirtd answers.
+#
+# libvirtd is started under `tini -s` (a child subreaper): it daemonizes QEMU (for VMs and
+# for its capabilities probes) and then waits for those processes to disappear. Where PID 1
+# reaps orphans late (as in some sandboxes and containers), that wait can block libvirtd
+# for minutes; under tini the orphans are reaped at once.
+set -u
+[ "$(id -u)" -eq 0 ] || { echo "start-libvirt: needs root" >&2; exit 1; }
+TINI_PID=/run/agent-swarm-libvirtd-tini.pid
+LOG=/var/log/libvirt/agent-swarm-libvirtd.log
+
+pgrep -x virtlogd >/dev/null || virtlogd -d
+
+start() {
+  mkdir -p "$(dirname "$LOG")"
+  if command -v tini >/dev/null; then
+    setsid tini -s -- libvirtd </dev/null >>"$LOG" 2>&1 &
+    echo $! >"$TINI_PID"
+  else
+    libvirtd -d
+  fi
+}
+
+stop_ours() {
+  [ -f "$TINI_PID" ] && kill "$(cat "$TINI_PID")" 2>/dev/null
+  [ -f /run/libvirtd.pid ] && kill "$(cat /run/libvirtd.pid)" 2>/dev/null
+  sleep 2
+  [ -f /run/libvirtd.pid ] && kill -9 "$(cat /run/libvirtd.pid)" 2>/dev/null
+  rm -f "$TINI_PID" /run/libvirtd.pid
+}
+
+ours=0
+if ! pgrep -x libvirtd >/dev/null; then start; ours=1; fi
+qemu="$(command -v qemu-system-x86_64 || command -v qemu-system-aarch64)"
+for attempt in 1 2 3; do
+  for _ in $(seq 1 100); do [ -S /run/libvirt/libvirt-sock ] && break; sleep 0.2; done
+  if timeout 90 virsh -c qemu:///system domcapabilities --virttype qemu \
+       --emulatorbin "$qemu" >/dev/null 2>&1; then
+    exit 0
+  fi
+  if [ "$ours" -ne 1 ]; then
+    echo "start-libvirt: the running libvirtd does not answer; restart it" >&2
+    exit 1
+  fi
+  echo "start-libvirt: libvirtd did not answer; restarting it (attempt $attempt)" >&2
+  stop_ours
+  start
+done
+echo "start-libvirt: libvirtd did not come up (see $LOG)" >&2
+exit 1
