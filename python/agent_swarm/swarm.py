@@ -110,6 +110,21 @@ def _disk_error(exc: OSError, what: str) -> AgentSwarmError:
     return AgentSwarmError(f"{what}: {exc.strerror or exc} ({where})")
 
 
+MIN_FREE_BYTES = 64 << 20  # a new VM writes its overlay, seed and logs; guests write more
+
+
+def _check_space(what: str) -> None:
+    """Refuse before creating anything when the state directory's filesystem is (nearly) full:
+    a half-created VM could not even be rolled back there (SQLite needs space to delete)."""
+    home = paths.ensure_home()
+    free = shutil.disk_usage(home).free
+    if free < MIN_FREE_BYTES:
+        raise AgentSwarmError(
+            f"{what}: only {free >> 20} MiB free on the filesystem of {home}",
+            hint=f"free some space (df -h {home}), or set AGENT_SWARM_HOME elsewhere",
+        )
+
+
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
@@ -157,7 +172,9 @@ class Swarm:
         if self._provider is None:
             from agent_swarm.providers import get_provider
 
-            self._provider = get_provider("libvirt")  # type: ignore[assignment]
+            provider = get_provider("libvirt")
+            provider.check_host()  # connect now: fail before anything is created
+            self._provider = provider  # type: ignore[assignment]
         return self._provider  # type: ignore[return-value]
 
     def _boot(self, spec: VMSpec) -> None:
@@ -417,6 +434,7 @@ class Swarm:
                 f"({base_img.virtual_size / (1 << 30):.1f} GiB)",
                 hint="give a larger --disk",
             )
+        _check_space(f"cannot create project {name}")
         d = paths.project_dir(name)
         self.reg.add_project(
             name,
@@ -553,6 +571,7 @@ class Swarm:
         validate_name(name, "task name")
         provider = self.provider
         p = self.reg.get_project(project)
+        _check_space(f"cannot create task {name}")
         t = self.reg.add_task(
             name,
             project=project,

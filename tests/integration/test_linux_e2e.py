@@ -89,7 +89,7 @@ def test_full_flow(swarm: Swarm) -> None:
     assert swarm.run("task-a", "cat ~/a.txt").strip() == "only-a"
 
     # -- each clone is a new machine
-    ident = "hostname; cat /etc/machine-id; cat /etc/ssh/ssh_host_ed25519_key.pub"
+    ident = "hostname; cat /etc/machine-id; sudo cat /etc/ssh/ssh_host_ed25519_key.pub"
     ids = {t: swarm.run(t, ident).split("\n") for t in ("task-a", "task-b")}
     assert ids["task-a"][0] == "task-a" and ids["task-b"][0] == "task-b"
     assert ids["task-a"][1] != ids["task-b"][1]
