@@ -40,7 +40,9 @@ from agent_swarm.errors import (
     InvalidState,
     ProviderUnavailable,
     SSHError,
+    Timeout,
 )
+from agent_swarm.fsutil import atomic_write
 from agent_swarm.models import BaseImage, InstanceState, Project, SSHEndpoint, Task, VMSpec
 from agent_swarm.names import validate_name
 from agent_swarm.registry import Registry
@@ -90,10 +92,7 @@ def setup_script_path() -> Path:
     """``~/.agent-swarm/setup.sh``, created with a documented default on first use."""
     p = paths.ensure_home() / paths.SETUP_SCRIPT
     if not p.exists():
-        tmp = p.with_name(f".{p.name}.tmp")
-        tmp.write_text(DEFAULT_SETUP)
-        tmp.chmod(0o755)
-        os.replace(tmp, p)
+        atomic_write(p, DEFAULT_SETUP, mode=0o755)
     return p
 
 
@@ -347,11 +346,17 @@ class Swarm:
             self.progress(f"{what}: waiting for cloud-init to finish")
             from agent_swarm.ssh.client import run_capture
 
-            _rc, out, err = run_capture(
-                client,
-                "cloud-init status --wait >/dev/null 2>&1; cloud-init status --long",
-                timeout=CLOUD_INIT_TIMEOUT,
-            )
+            try:
+                _rc, out, err = run_capture(
+                    client,
+                    "cloud-init status --wait >/dev/null 2>&1; cloud-init status --long",
+                    timeout=CLOUD_INIT_TIMEOUT,
+                )
+            except Timeout as exc:
+                raise Timeout(
+                    f"{what}: cloud-init did not finish within {CLOUD_INIT_TIMEOUT:.0f} s",
+                    hint=f"see its serial console log: {spec.serial_log}",
+                ) from exc
             status = out + err
             if "status: done" not in status:
                 detail = " ".join(ln.strip() for ln in status.splitlines() if ln.strip())[-300:]
@@ -426,7 +431,7 @@ class Swarm:
         wait: bool = True,
     ) -> Project:
         validate_name(name, "project name")
-        provider = self.provider  # first: no point in the rest if this host cannot run VMs
+        _ = self.provider  # first: no point in the rest if this host cannot run VMs
         base_img = self.reg.get_base_image(base) if base else self.default_base()
         if disk_gib << 30 < base_img.virtual_size:
             raise ConfigError(
@@ -435,7 +440,6 @@ class Swarm:
                 hint="give a larger --disk",
             )
         _check_space(f"cannot create project {name}")
-        d = paths.project_dir(name)
         self.reg.add_project(
             name,
             base_image=base_img.name,
@@ -445,30 +449,46 @@ class Swarm:
             disk_gib=disk_gib,
             network=network,
         )
-        p = self.reg.get_project(name)
-        try:
-            self.reg.allocate_port("project", name, _candidate_ports())
-            spec = self.project_spec(self.reg.get_project(name))
-            if d.exists():
-                shutil.rmtree(d)  # leftovers of a crashed create of a VM with this name
-            d.mkdir(parents=True, mode=0o700)
-            self.progress(f"project {name}: creating its disk on base {base_img.name}")
-            native.create_qcow2_overlay(spec.disk, base_img.path, size=disk_gib << 30)
-            host = self._write_seed(spec, first_boot_setup=True)
-            self.reg.set_host_key("project", name, host.public_openssh)
-            provider.define(spec)
-        except OSError as exc:
-            self._rollback("project", name, d)
-            raise _disk_error(exc, f"cannot create project {name}") from exc
-        except BaseException:
-            self._rollback("project", name, d)
-            raise
+        self.progress(f"project {name}: creating its disk on base {base_img.name}")
+        spec = self._materialize(
+            "project", name, base_img.path, size=disk_gib << 30, first_boot_setup=True
+        )
         p = self.reg.get_project(name)
         self.progress(f"project {name}: booting")
         self._boot(spec)
         if wait:
             self._wait_ready(spec, p.host_key, f"project {name}")
         return p
+
+    def _materialize(
+        self, kind: str, name: str, backing: str, *, size: int | None, first_boot_setup: bool
+    ) -> VMSpec:
+        """Port, disk overlay, seed, pinned host key and domain for a registered VM.
+
+        All or nothing: on any failure everything is removed again, the registry row too.
+        """
+        d = paths.project_dir(name) if kind == "project" else paths.task_dir(name)
+        try:
+            self.reg.allocate_port(kind, name, _candidate_ports())
+            spec = (
+                self.project_spec(self.reg.get_project(name))
+                if kind == "project"
+                else self.task_spec(self.reg.get_task(name))
+            )
+            if d.exists():
+                shutil.rmtree(d)  # leftovers of a crashed create of a VM with this name
+            d.mkdir(parents=True, mode=0o700)
+            native.create_qcow2_overlay(spec.disk, backing, size=size)
+            host = self._write_seed(spec, first_boot_setup=first_boot_setup)
+            self.reg.set_host_key(kind, name, host.public_openssh)
+            self.provider.define(spec)
+        except OSError as exc:
+            self._rollback(kind, name, d)
+            raise _disk_error(exc, f"cannot create {kind} {name}") from exc
+        except BaseException:
+            self._rollback(kind, name, d)
+            raise
+        return spec
 
     def _rollback(self, kind: str, name: str, d: Path) -> None:
         spec = VMSpec(
@@ -569,7 +589,7 @@ class Swarm:
         wait: bool = True,
     ) -> Task:
         validate_name(name, "task name")
-        provider = self.provider
+        _ = self.provider
         p = self.reg.get_project(project)
         _check_space(f"cannot create task {name}")
         t = self.reg.add_task(
@@ -580,24 +600,8 @@ class Swarm:
             memory_mib=memory_mib or p.memory_mib,
             network=p.network,
         )
-        d = paths.task_dir(name)
-        try:
-            gen = self.reg.get_generation(project, t.generation)
-            self.reg.allocate_port("task", name, _candidate_ports())
-            spec = self.task_spec(self.reg.get_task(name))
-            if d.exists():
-                shutil.rmtree(d)
-            d.mkdir(parents=True, mode=0o700)
-            native.create_qcow2_overlay(spec.disk, gen.path)
-            host = self._write_seed(spec, first_boot_setup=False)
-            self.reg.set_host_key("task", name, host.public_openssh)
-            provider.define(spec)
-        except OSError as exc:
-            self._rollback("task", name, d)
-            raise _disk_error(exc, f"cannot create task {name}") from exc
-        except BaseException:
-            self._rollback("task", name, d)
-            raise
+        gen = self.reg.get_generation(project, t.generation)
+        spec = self._materialize("task", name, gen.path, size=None, first_boot_setup=False)
         t = self.reg.get_task(name)
         self.progress(f"task {name}: booting (clone of {project} generation {t.generation})")
         self._boot(spec)

@@ -16,11 +16,12 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pycdlib
+
+from agent_swarm.fsutil import atomic_write
 
 
 def cloud_config(data: dict[str, Any]) -> str:
@@ -54,15 +55,6 @@ def build_seed_iso(
             iso.add_fp(
                 io.BytesIO(data), len(data), _iso_name(name), rr_name=name, joliet_path=f"/{name}"
             )
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                iso.write_fp(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(dest, iso.write_fp, mode=0o600)
     finally:
         iso.close()

@@ -7,8 +7,6 @@ the host key, and there is no trust-on-first-use window.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent_swarm import paths
+from agent_swarm.fsutil import atomic_write
 
 CLIENT_KEY = "id_ed25519"
 
@@ -41,20 +40,6 @@ def generate_ed25519(comment: str) -> KeyPair:
     return KeyPair(priv, f"{pub} {comment}")
 
 
-def _write_private(path: Path, text: str, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def keys_dir() -> Path:
     d = paths.ensure_home() / paths.KEYS_DIR
     d.mkdir(mode=0o700, exist_ok=True)
@@ -68,8 +53,8 @@ def client_key_path() -> Path:
     pub = d / f"{CLIENT_KEY}.pub"
     if not priv.exists():
         pair = generate_ed25519("agent-swarm")
-        _write_private(pub, pair.public_openssh + "\n", 0o644)
-        _write_private(priv, pair.private_openssh, 0o600)  # last: its presence means "done"
+        atomic_write(pub, pair.public_openssh + "\n", mode=0o644)
+        atomic_write(priv, pair.private_openssh, mode=0o600)  # last: its presence means "done"
     return priv
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from agent_swarm.errors import ProviderUnavailable
+from agent_swarm.fsutil import atomic_write
 from agent_swarm.models import SSHEndpoint
 from agent_swarm.ssh import keys
 
@@ -23,11 +22,7 @@ def known_hosts_line(ep: SSHEndpoint, host_public: str) -> str:
 def write_known_hosts(entries: list[str]) -> Path:
     """agent-swarm's own known_hosts (atomically rewritten from the registry)."""
     path = keys.keys_dir() / KNOWN_HOSTS
-    fd, tmp = tempfile.mkstemp(prefix=".known_hosts.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write("".join(e + "\n" for e in entries))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic_write(path, "".join(e + "\n" for e in entries), mode=0o644)
     return path
 
 

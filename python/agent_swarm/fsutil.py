@@ -1,0 +1,40 @@
+"""Small filesystem helpers: writes that are never seen half-done."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+
+def atomic_write(
+    path: str | os.PathLike[str],
+    data: bytes | str | Callable[[BinaryIO], None],
+    *,
+    mode: int = 0o644,
+    durable: bool = True,
+) -> None:
+    """Write ``path`` through a temporary file in the same directory and ``os.replace``.
+
+    ``data`` is bytes, text (UTF-8) or a function that writes into the open binary file.
+    The file has ``mode`` before any byte is written (so secrets are never readable by
+    others, not even briefly).
+    """
+    dest = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
