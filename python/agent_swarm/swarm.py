@@ -37,6 +37,7 @@ from agent_swarm.errors import (
     ConfigError,
     ImageError,
     ImageNotFound,
+    InstanceNotFound,
     InvalidState,
     ProviderUnavailable,
     SSHError,
@@ -413,6 +414,21 @@ class Swarm:
             )
         return self._ssh(spec, host_key, f"{kind} {name}", timeout=60, quiet=True)
 
+    def kind_of(self, name: str) -> str:
+        """ "task" or "project" for a VM name (tasks first, as `ssh`/`run` address tasks)."""
+        try:
+            self.reg.get_task(name)
+            return "task"
+        except AgentSwarmError:
+            pass
+        try:
+            self.reg.get_project(name)
+            return "project"
+        except AgentSwarmError:
+            raise InstanceNotFound(
+                f"no task or project named {name!r}", hint="see `agent-swarm list`"
+            ) from None
+
     def endpoint(self, kind: str, name: str) -> SSHEndpoint:
         if kind == "project":
             return self.provider.ssh_endpoint(self.project_spec(self.reg.get_project(name)))
@@ -482,6 +498,7 @@ class Swarm:
             host = self._write_seed(spec, first_boot_setup=first_boot_setup)
             self.reg.set_host_key(kind, name, host.public_openssh)
             self.provider.define(spec)
+            self.refresh_ssh_config()
         except OSError as exc:
             self._rollback(kind, name, d)
             raise _disk_error(exc, f"cannot create {kind} {name}") from exc
@@ -489,6 +506,12 @@ class Swarm:
             self._rollback(kind, name, d)
             raise
         return spec
+
+    def refresh_ssh_config(self) -> Path:
+        """Rewrite ~/.agent-swarm/ssh_config and the pinned known_hosts from the registry."""
+        from agent_swarm.ssh import config
+
+        return config.write(self.reg)
 
     def _rollback(self, kind: str, name: str, d: Path) -> None:
         spec = VMSpec(
@@ -503,6 +526,8 @@ class Swarm:
                 self.reg.remove_project(name)
             else:
                 self.reg.remove_task(name)
+        with contextlib.suppress(Exception):
+            self.refresh_ssh_config()
 
     def project_start(self, name: str, *, wait: bool = True) -> None:
         p = self.reg.get_project(name)
@@ -563,6 +588,7 @@ class Swarm:
         # The project's next boot is a new instance of the sealed template (no setup again).
         host = self._write_seed(spec, first_boot_setup=False)
         self.reg.set_host_key("project", p.name, host.public_openssh)
+        self.refresh_ssh_config()
         return n
 
     def project_delete(self, name: str) -> None:
@@ -577,6 +603,7 @@ class Swarm:
         self.provider.delete(spec)
         shutil.rmtree(paths.project_dir(name), ignore_errors=True)
         self.reg.remove_project(name)
+        self.refresh_ssh_config()
 
     # ---- tasks ----------------------------------------------------------------------------
     def task_create(
@@ -625,6 +652,7 @@ class Swarm:
         self.provider.delete(self.task_spec(t))
         shutil.rmtree(paths.task_dir(name), ignore_errors=True)
         self.reg.remove_task(name)
+        self.refresh_ssh_config()
 
     # ---- checkpoints ----------------------------------------------------------------------
     def _any_spec(self, name: str) -> VMSpec:

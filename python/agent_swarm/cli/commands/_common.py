@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import click
@@ -69,13 +70,6 @@ def require_provider(name: str | None = None) -> Any:
     return get_provider(name)
 
 
-def _pinned(kind: str, name: str) -> tuple[Any, str]:
-    app = obj()
-    if kind == "project":
-        return app.swarm.endpoint(kind, name), app.registry.get_project(name).host_key
-    return app.swarm.endpoint(kind, name), app.registry.get_task(name).host_key
-
-
 def exec_in_vm(kind: str, name: str, command: tuple[str, ...], *, tty: bool = False) -> int:
     """Run a command in a running VM, streaming output; returns its exit code."""
     import shlex
@@ -95,14 +89,40 @@ def exec_in_vm(kind: str, name: str, command: tuple[str, ...], *, tty: bool = Fa
 
 
 def ssh_into_vm(kind: str, name: str) -> int:
-    """Interactive OpenSSH session (pinned host key, agent forwarding)."""
+    """Interactive OpenSSH session on the generated config (pinned host key, agent forwarding)."""
     import subprocess
 
-    from agent_swarm.ssh.openssh import known_hosts_line, ssh_argv, write_known_hosts
+    from agent_swarm.ssh.openssh import ssh_argv
 
     app = obj()
     app.swarm.connect(kind, name).close()  # running, and the pinned key matches
-    ep, host_key = _pinned(kind, name)
-    kh = write_known_hosts([known_hosts_line(ep, host_key)])
+    app.swarm.refresh_ssh_config()
     app.progress.done()
-    return subprocess.call(ssh_argv(ep, kh))
+    return subprocess.call(ssh_argv(kind, name))
+
+
+def open_code(kind: str, name: str, path: str | None) -> int:
+    """VS Code Remote-SSH on the VM's alias (needs `ssh-config --install` once)."""
+    import shutil
+    import subprocess
+
+    from agent_swarm.ssh import config
+
+    app = obj()
+    exe = shutil.which("code")
+    if exe is None:
+        raise AgentSwarmError(
+            "VS Code's `code` command is not on PATH",
+            hint="install VS Code and its Remote-SSH extension, then run "
+            "`Shell Command: Install 'code' command in PATH` from VS Code",
+        )
+    app.swarm.connect(kind, name).close()
+    app.swarm.refresh_ssh_config()
+    user_cfg = Path.home() / ".ssh" / "config"
+    if not user_cfg.exists() or config.include_line() not in user_cfg.read_text():
+        raise AgentSwarmError(
+            "VS Code reads ~/.ssh/config, which does not include agent-swarm's hosts yet",
+            hint="run `agent-swarm ssh-config --install` once",
+        )
+    target = path or f"/home/{config.USER}"
+    return subprocess.call([exe, "--remote", f"ssh-remote+{config.alias(kind, name)}", target])

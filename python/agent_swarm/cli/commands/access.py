@@ -2,13 +2,8 @@ from __future__ import annotations
 
 import click
 
-from agent_swarm.cli.commands._common import (
-    TASK,
-    exec_in_vm,
-    not_yet,
-    require_provider,
-    ssh_into_vm,
-)
+from agent_swarm.cli.commands._common import TASK, exec_in_vm, open_code, ssh_into_vm
+from agent_swarm.cli.context import obj
 
 
 @click.command()
@@ -35,8 +30,8 @@ def run(task: str, command: tuple[str, ...], tty: bool) -> None:
 @click.argument("task", type=TASK)
 @click.argument("path", required=False)
 def code(task: str, path: str | None) -> None:
-    """Open VS Code (Remote-SSH) on a task VM, at PATH if given."""
-    require_provider()
+    """Open VS Code (Remote-SSH) on a task VM, at PATH if given (default: the home dir)."""
+    raise SystemExit(open_code("task", task, path))
 
 
 @click.command()
@@ -44,18 +39,82 @@ def code(task: str, path: str | None) -> None:
 @click.argument("dst")
 @click.option("-r", "--recursive", is_flag=True, help="Copy directories recursively.")
 def cp(src: str, dst: str, recursive: bool) -> None:
-    """Copy files between the host and a VM.
+    """Copy files between the host and a VM (SFTP; modes kept; never a partial file).
 
     \b
     agent-swarm cp ./file TASK:/path
-    agent-swarm cp TASK:/path ./file
+    agent-swarm cp -r TASK:/home/worker/project ./out
+    A project VM is addressed the same way, by its name.
     """
-    require_provider()
+    from pathlib import Path
+
+    from agent_swarm.ssh import transfer
+
+    app = obj()
+    s_vm, s_path = _split(src)
+    d_vm, d_path = _split(dst)
+    if (s_vm is None) == (d_vm is None):
+        raise click.UsageError("exactly one of SRC and DST must be NAME:/path (a VM path)")
+    vm = s_vm or d_vm
+    assert vm is not None
+    kind = app.swarm.kind_of(vm)
+    client = app.swarm.connect(kind, vm)
+    try:
+        sftp = client.open_sftp()
+        if d_vm is not None:
+            n = transfer.upload(
+                sftp, Path(s_path), d_path or ".", recursive=recursive, progress=app.progress
+            )
+        else:
+            n = transfer.download(
+                sftp, s_path, Path(d_path), recursive=recursive, progress=app.progress
+            )
+    finally:
+        client.close()
+    app.progress.done()
+    app.emit({"files": n}, f"{n} file{'s' if n != 1 else ''} copied.")
+
+
+def _split(arg: str) -> tuple[str | None, str]:
+    """("name", "/path") for NAME:/path, (None, arg) for a host path."""
+    from agent_swarm.names import NAME_RE
+
+    head, sep, tail = arg.partition(":")
+    if sep and NAME_RE.fullmatch(head) and "/" not in head:
+        return head, tail
+    return None, arg
 
 
 @click.command("ssh-config")
 @click.option("--install", is_flag=True, help="Add an Include line to ~/.ssh/config.")
 @click.option("--uninstall", is_flag=True, help="Remove the Include line again.")
 def ssh_config(install: bool, uninstall: bool) -> None:
-    """Print the generated SSH config (one Host block per VM, alias NAME.agent-swarm)."""
-    raise not_yet("ssh-config")
+    """Print the generated SSH config (one Host block per VM).
+
+    Aliases: TASK.agent-swarm and PROJECT.project.agent-swarm, with the VM's host key pinned.
+    With --install, one `Include` line in ~/.ssh/config makes plain ssh, scp, rsync, git and
+    VS Code Remote-SSH work on them (idempotent; --uninstall removes it).
+    """
+    from agent_swarm.ssh import config
+
+    app = obj()
+    path = app.swarm.refresh_ssh_config()
+    if install and uninstall:
+        raise click.UsageError("use --install or --uninstall, not both")
+    if install:
+        changed = config.install()
+        app.emit(
+            {"installed": True, "changed": changed, "config": str(path)},
+            f"{'Added' if changed else 'Already present'}: `{config.include_line()}` "
+            "in ~/.ssh/config",
+        )
+        return
+    if uninstall:
+        changed = config.uninstall()
+        app.emit(
+            {"installed": False, "changed": changed},
+            "Removed the Include line." if changed else "No Include line to remove.",
+        )
+        return
+    text = path.read_text()
+    app.emit({"config": str(path), "text": text}, text.rstrip("\n"))

@@ -159,10 +159,10 @@ def run(name: str, command: tuple[str, ...], tty: bool) -> None:
 @click.argument("name", type=PROJECT)
 @click.argument("path", required=False)
 def code(name: str, path: str | None) -> None:
-    """Open VS Code (Remote-SSH) on a project VM."""
-    from agent_swarm.cli.commands._common import not_yet
+    """Open VS Code (Remote-SSH) on a project VM, at PATH if given."""
+    from agent_swarm.cli.commands._common import open_code
 
-    raise not_yet("project code")
+    raise SystemExit(open_code("project", name, path))
 
 
 @project.command("delete")

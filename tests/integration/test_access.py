@@ -1,0 +1,161 @@
+"""Access to a real guest: run (streaming, stdin, exit codes), cp, the generated ssh_config,
+pinned host keys. One project VM serves the whole module."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests_support import Swarm
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
+
+
+@pytest.fixture(scope="module")
+def vm(swarm: Swarm) -> Iterator[str]:
+    swarm("init-base", "--build", "debian-12", timeout=1200)
+    swarm("project", "create", "acc", "--memory", "768M", "--cpus", "1")
+    yield "acc"
+    swarm("project", "delete", "acc", check=False)
+
+
+def test_run_streams_output_stdin_and_exit_codes(swarm: Swarm, vm: str) -> None:
+    for code in (0, 1, 42):
+        r = swarm("project", "run", vm, f"echo out; echo err >&2; exit {code}", check=False)
+        assert r.returncode == code
+        assert r.stdout == "out\n" and r.stderr.endswith("err\n")
+    r = swarm("project", "run", vm, "--", "wc", "-c", input="x" * 100_000)
+    assert r.stdout.strip() == "100000"
+    # Arguments keep their boundaries (shell-quoted for the guest).
+    r = swarm("project", "run", vm, "--", "printf", "%s|", "a b", "c'd", "$HOME")
+    assert r.stdout == "a b|c'd|$HOME|"
+
+
+def test_run_in_a_stopped_or_unknown_vm(swarm: Swarm, vm: str) -> None:
+    r = swarm("run", "nope", "true", check=False)
+    assert r.returncode == 3 and "no task named 'nope'" in r.stderr
+
+
+def test_cp_round_trip_directory(swarm: Swarm, vm: str, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("alpha\n")
+    (src / "sub" / "big.bin").write_bytes(os.urandom(3 << 20))
+    (src / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    (src / "run.sh").chmod(0o750)
+    swarm("cp", "-r", str(src), f"{vm}:/home/worker/")
+    assert swarm.run(vm, "sh ~/src/run.sh; stat -c %a ~/src/run.sh", project=True).split() == [
+        "hi",
+        "750",
+    ]
+    back = tmp_path / "back"
+    back.mkdir()
+    swarm("cp", "-r", f"{vm}:/home/worker/src", str(back))
+
+    def digest(root: Path) -> dict[str, str]:
+        return {
+            str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*"))
+            if p.is_file()
+        }
+
+    assert digest(back / "src") == digest(src)
+    assert ((back / "src" / "run.sh").stat().st_mode & 0o777) == 0o750
+    # Single file, and no temp files left on either side.
+    swarm("cp", str(src / "a.txt"), f"{vm}:/tmp/a.txt")
+    assert swarm.run(
+        vm, "cat /tmp/a.txt; ls -a /tmp | grep -c agent-swarm || true", project=True
+    ).split() == ["alpha", "0"]
+    assert not [p for p in back.rglob("*") if "agent-swarm" in p.name]
+
+
+def test_cp_errors(swarm: Swarm, vm: str, tmp_path: Path) -> None:
+    f = tmp_path / "f.txt"
+    f.write_text("x")
+    r = swarm("cp", str(f), f"{vm}:/no/such/dir/f.txt", check=False)
+    assert r.returncode == 1 and "/no/such/dir does not exist in the VM" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = swarm("cp", str(tmp_path), f"{vm}:/tmp/", check=False)
+    assert r.returncode == 2 and "use -r" in r.stderr
+    r = swarm("cp", f"{vm}:/etc/nope", str(tmp_path), check=False)
+    assert r.returncode == 1 and "no such file in the VM" in r.stderr
+    r = swarm("cp", str(f), str(tmp_path / "g"), check=False)
+    assert r.returncode == 2
+
+
+def test_plain_ssh_on_the_generated_config(swarm: Swarm, vm: str) -> None:
+    printed = swarm("ssh-config").stdout
+    cfg = swarm.home / "ssh_config"
+    text = cfg.read_text()
+    assert printed.strip() == text.strip()
+    assert "Host acc.project.agent-swarm" in text and "StrictHostKeyChecking yes" in text
+    r = subprocess.run(
+        ["ssh", "-F", str(cfg), "-o", "BatchMode=yes", f"{vm}.project.agent-swarm", "hostname"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == vm
+
+
+def test_ssh_config_install_is_idempotent_and_reversible(
+    swarm: Swarm, vm: str, tmp_path: Path
+) -> None:
+    home = tmp_path / "user-home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text("Host example\n  User me\n")
+    env = {"HOME": str(home)}
+    swarm("ssh-config", "--install", env=env)
+    swarm("ssh-config", "--install", env=env)
+    text = (home / ".ssh" / "config").read_text()
+    assert text.count(f"Include {swarm.home / 'ssh_config'}") == 1
+    assert text.index("Include") < text.index("Host example")
+    swarm("ssh-config", "--uninstall", env=env)
+    assert (home / ".ssh" / "config").read_text() == "Host example\n  User me\n"
+
+
+def test_a_changed_host_key_is_refused(swarm: Swarm, vm: str) -> None:
+    from agent_swarm.ssh.keys import generate_ed25519
+
+    db = swarm.home / "registry.db"
+    con = sqlite3.connect(db)
+    (real,) = con.execute("SELECT host_key FROM projects WHERE name = ?", (vm,)).fetchone()
+    con.execute(
+        "UPDATE projects SET host_key = ? WHERE name = ?",
+        (generate_ed25519("impostor").public_openssh, vm),
+    )
+    con.commit()
+    try:
+        r = swarm("project", "run", vm, "true", check=False)
+        assert r.returncode == 1
+        assert "does not match the key pinned for this VM" in r.stderr
+        assert "Traceback" not in r.stderr
+        swarm("ssh-config")  # regenerates known_hosts from the (wrong) pin
+        r = subprocess.run(
+            [
+                "ssh",
+                "-F",
+                str(swarm.home / "ssh_config"),
+                "-o",
+                "BatchMode=yes",
+                f"{vm}.project.agent-swarm",
+                "true",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 255 and "host key" in r.stderr.lower()
+    finally:
+        con.execute("UPDATE projects SET host_key = ? WHERE name = ?", (real, vm))
+        con.commit()
+        con.close()
+        swarm("ssh-config")
+    assert swarm.run(vm, "echo ok", project=True).strip() == "ok"
