@@ -7,6 +7,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -291,9 +292,15 @@ def test_no_keystore_is_a_one_line_error(cli, swarm_home: Path, no_keystore) -> 
     for kw in ({"args": (secret,)}, {"input": secret}):
         r = cli("env", "set", "A", *kw.get("args", ()), input=kw.get("input"), env=no_keystore)
         assert r.returncode == 1, r.stderr
-        assert _error_lines(r) == [
+        lines = _error_lines(r)
+        # keyring found nothing, or (with keyrings.alt installed) only a file it refuses.
+        assert lines[0] in (
             "Error: no OS keystore is usable for the master key of the encrypted environment "
             "variables (keyring backend: keyring.backends.fail.Keyring)",
+            "Error: no OS keystore is usable for the master key of the encrypted environment "
+            "variables (keyrings.alt.file.PlaintextKeyring keeps secrets in a file: refused)",
+        )
+        assert lines[1:] == [
             "Hint: install gnome-keyring and libsecret-1-0 and run inside a desktop (D-Bus) "
             "session; headless: dbus-run-session -- sh -c 'echo -n PASSWORD | "
             "gnome-keyring-daemon --unlock --components=secrets; agent-swarm …' (macOS "
@@ -314,11 +321,14 @@ def test_no_keystore_is_a_one_line_error(cli, swarm_home: Path, no_keystore) -> 
         ("keyring.backends.null.Keyring", "no OS keystore is usable"),
         ("keyring.backends.fail.Keyring", "no OS keystore is usable"),
         ("no_such_module.Keyring", "cannot load the configured keyring backend"),
+        ("keyrings.alt.file.PlaintextKeyring", "PlaintextKeyring keeps secrets in a file"),
     ],
 )
 def test_unusable_configured_backends_are_refused(
     cli, swarm_home: Path, no_keystore, backend: str, message: str
 ) -> None:  # type: ignore[no-untyped-def]
+    if backend.startswith("keyrings.alt."):
+        pytest.importorskip("keyrings.alt")  # in the [test] extra
     r = cli(
         "env",
         "set",
@@ -328,9 +338,41 @@ def test_unusable_configured_backends_are_refused(
     )
     assert r.returncode == 1
     lines = _error_lines(r)
-    assert len(lines) == 2 and message in lines[0] and lines[1].startswith("Hint: ")
+    assert len(lines) == 2 and message in lines[0], lines
+    assert lines[1].startswith("Hint: unset PYTHON_KEYRING_BACKEND")
     assert "secret-value" not in r.stderr
     assert env_rows(swarm_home) == []
+    # Nothing was written anywhere, in particular no keyring file.
+    session_files = [p for p in Path(no_keystore["HOME"]).parent.rglob("*") if p.is_file()]
+    assert session_files == []
+
+
+def test_a_chainer_uses_the_os_keystore_not_the_file(keystore, swarm_home: Path) -> None:  # type: ignore[no-untyped-def]
+    """With keyrings.alt installed keyring chains the Secret Service and a plaintext file:
+    agent-swarm takes the keystore from the chain and never falls back to the file."""
+    pytest.importorskip("keyrings.alt")
+    code = (
+        "import keyring\n"
+        "from agent_swarm.secrets import KeyringBackend\n"
+        "kb = KeyringBackend()\n"
+        "print(type(keyring.get_keyring()).__name__)\n"
+        "print(kb.describe())\n"
+        "kb.store_master_key(bytes(32)); print(kb.load_master_key() == bytes(32))\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**base_env(keystore.env), "AGENT_SWARM_HOME": str(swarm_home)},
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "ChainerBackend",
+        "the Secret Service keystore (GNOME Keyring/KWallet)",
+        "True",
+    ]
+    assert not list(Path(keystore.env["XDG_DATA_HOME"]).glob("python_keyring/*"))
 
 
 def test_locked_keystore_is_a_clear_error(

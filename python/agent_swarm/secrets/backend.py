@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
 import sys
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -119,16 +120,16 @@ class KeyringBackend(SecretBackend):
                 return cand
         insecure = [_qualname(c) for c in candidates if _qualname(c).startswith(_INSECURE)]
         if insecure:
-            raise SecretsError(
-                f"the keyring backend {insecure[0]} keeps secrets in a file; agent-swarm "
-                "refuses it and needs an OS keystore for the master key",
-                hint="unset PYTHON_KEYRING_BACKEND (or the default-keyring of keyringrc.cfg); "
-                + keystore_hint(),
-            )
+            detail = f"{insecure[0]} keeps secrets in a file: refused"
+        else:
+            detail = f"keyring backend: {_qualname(chosen)}"
+        hint = keystore_hint()
+        if os.environ.get("PYTHON_KEYRING_BACKEND"):
+            hint = f"unset PYTHON_KEYRING_BACKEND to use the OS keystore; {hint}"
         raise SecretsError(
             "no OS keystore is usable for the master key of the encrypted environment "
-            f"variables (keyring backend: {_qualname(chosen)})",
-            hint=keystore_hint(),
+            f"variables ({detail})",
+            hint=hint,
         )
 
     def describe(self) -> str:
