@@ -6,10 +6,13 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${AGENT_SWARM_VENV:-$REPO/.venv}"
 export DEBIAN_FRONTEND=noninteractive
 
-# Packages every run needs: a compiler and Python headers for the native core, and the
-# independent image tools the tests check our images with.
+# Packages every run needs: a compiler and Python headers for the native core, the
+# independent image tools the tests check our images with, and for the encrypted env vars a
+# real OS keystore (gnome-keyring's Secret Service on a private D-Bus session bus) plus the
+# independent tools the tests inspect it and the registry with (secret-tool, sqlite3).
 BASE_APT=(python3 python3-venv python3-dev g++ make zlib1g-dev pkg-config
-          qemu-utils libvhdi-utils xfsprogs util-linux e2fsprogs)
+          qemu-utils libvhdi-utils xfsprogs util-linux e2fsprogs
+          dbus gnome-keyring libsecret-1-0 libsecret-tools sqlite3)
 # The Linux provider: libvirt + QEMU, and what building the Debian base image needs.
 LINUX_APT=(libvirt-daemon-system libvirt-daemon libvirt-clients libvirt-dev
            qemu-system-x86 qemu-system-data openssh-client

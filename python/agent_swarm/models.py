@@ -52,6 +52,17 @@ class Task:
     created_at: str
 
 
+@dataclass(frozen=True, slots=True)
+class EnvVarRecord:
+    """One encrypted environment variable as stored (never the plaintext value)."""
+
+    scope: str  # '' = global, else a project name
+    name: str
+    nonce: bytes
+    ciphertext: bytes
+    updated_at: str
+
+
 class InstanceState(enum.StrEnum):
     """Runtime state, always read live from the provider."""
 

@@ -115,8 +115,8 @@ def test_provider_needed_but_unavailable(cli) -> None:  # type: ignore[no-untype
 
 
 def test_json_errors_are_json(cli) -> None:  # type: ignore[no-untyped-def]
-    r = cli("--json", "env", "list")
-    assert r.returncode != 0
+    r = cli("--json", "env", "rm", "NO_SUCH_VAR")
+    assert r.returncode == 3
     err = json.loads(r.stderr)
     assert err["exit_code"] == r.returncode and err["error"]
 
