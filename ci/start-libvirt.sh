@@ -33,12 +33,24 @@ stop_ours() {
 ours=0
 if ! pgrep -x libvirtd >/dev/null; then start; ours=1; fi
 qemu="$(command -v qemu-system-x86_64 || command -v qemu-system-aarch64)"
+
+# 0: answers; 1: never listened within 60 s (e.g. a stale socket file); 2: listened but hung.
+probe() {
+  local deadline=$((SECONDS + 60)) rc
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    timeout 90 virsh -c qemu:///system domcapabilities --virttype qemu \
+      --emulatorbin "$qemu" >/dev/null 2>&1
+    rc=$?
+    [ "$rc" -eq 0 ] && return 0
+    [ "$rc" -eq 124 ] && return 2
+    # Not listening yet (connection refused, socket not there yet): retry shortly.
+    sleep 0.5
+  done
+  return 1
+}
+
 for attempt in 1 2 3; do
-  for _ in $(seq 1 100); do [ -S /run/libvirt/libvirt-sock ] && break; sleep 0.2; done
-  if timeout 90 virsh -c qemu:///system domcapabilities --virttype qemu \
-       --emulatorbin "$qemu" >/dev/null 2>&1; then
-    exit 0
-  fi
+  probe && exit 0
   if [ "$ours" -ne 1 ]; then
     echo "start-libvirt: the running libvirtd does not answer; restart it" >&2
     exit 1

@@ -3,6 +3,7 @@ pinned host keys. One project VM serves the whole module."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sqlite3
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests_support import Swarm
+from tests_support import Swarm, agent_swarm_cmd
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
@@ -159,3 +160,79 @@ def test_a_changed_host_key_is_refused(swarm: Swarm, vm: str) -> None:
         con.close()
         swarm("ssh-config")
     assert swarm.run(vm, "echo ok", project=True).strip() == "ok"
+
+
+GUEST_SCAN = (
+    "python3 -c 'import glob,sys\n"
+    "v=bytes.fromhex(sys.argv[1]); n=0\n"
+    'for p in glob.glob("/proc/[0-9]*/cmdline"):\n'
+    '    try: n += v in open(p,"rb").read()\n'
+    "    except OSError: pass\n"
+    "print(n)' "
+)
+
+
+def _host_cmdlines_with(value: bytes) -> int:
+    n = 0
+    for p in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            n += value in p.read_bytes()
+    return n
+
+
+def test_env_vars_reach_the_command_but_no_command_line(
+    swarm: Swarm, vm: str, tmp_path: Path
+) -> None:
+    import sys
+    import uuid
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from keystore_support import start_keystore
+
+    ks = start_keystore(tmp_path / "keystore")
+    try:
+        bus = {"DBUS_SESSION_BUS_ADDRESS": ks.env["DBUS_SESSION_BUS_ADDRESS"]}
+        secret = f"s3cr3t-{uuid.uuid4().hex}"
+        swarm("env", "set", "AS_TOKEN", input=secret + "\n", env=bus)  # stdin: not in argv
+        swarm("env", "set", "AS_QUOTED", "--project", vm, input='it\'s "quoted"\n', env=bus)
+        proc = subprocess.Popen(
+            [
+                *agent_swarm_cmd(),
+                "project",
+                "run",
+                vm,
+                'echo "$AS_TOKEN|$AS_QUOTED"; ls /dev/shm | grep -c agent-swarm-env; sleep 8',
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "AGENT_SWARM_HOME": str(swarm.home), **bus},
+        )
+        try:
+            import time
+
+            time.sleep(4)  # the command is running in the guest now
+            assert _host_cmdlines_with(secret.encode()) == 0
+            guest = swarm("project", "run", vm, GUEST_SCAN + secret.encode().hex(), env=bus).stdout
+            assert guest.strip() == "0"
+            out, err = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+        assert proc.returncode == 0, err
+        lines = out.splitlines()
+        assert lines[0] == f'{secret}|it\'s "quoted"'
+        assert lines[1] == "0"  # the env file was removed before the command ran
+        # Without access to the keystore, the VM's variables cannot be injected: a clear error.
+        r = swarm(
+            "project",
+            "run",
+            vm,
+            "true",
+            check=False,
+            env={"DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent"},
+        )
+        assert r.returncode != 0 and "keystore" in r.stderr and "Traceback" not in r.stderr
+        swarm("env", "rm", "AS_TOKEN", env=bus)
+        swarm("env", "rm", "AS_QUOTED", "--project", vm, env=bus)
+    finally:
+        ks.stop()

@@ -23,7 +23,7 @@ from agent_swarm.errors import (
 from agent_swarm.registry import Registry
 from agent_swarm.secrets import EnvStore, KeyringBackend, SecretBackend
 from agent_swarm.secrets.backend import SERVICE
-from conftest import base_env, private_session_env, start_keystore
+from keystore_support import base_env, private_session_env, start_keystore
 from tests_support import agent_swarm_cmd
 
 VALUES = {

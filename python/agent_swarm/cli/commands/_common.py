@@ -70,18 +70,33 @@ def require_provider(name: str | None = None) -> Any:
     return get_provider(name)
 
 
+def _vm_env(kind: str, name: str) -> dict[str, str]:
+    """The encrypted env vars for a VM: global, overridden by its project's."""
+    from agent_swarm.secrets import EnvStore
+
+    app = obj()
+    project = name if kind == "project" else app.registry.get_task(name).project
+    return EnvStore(app.registry).resolve(project)
+
+
 def exec_in_vm(kind: str, name: str, command: tuple[str, ...], *, tty: bool = False) -> int:
-    """Run a command in a running VM, streaming output; returns its exit code."""
+    """Run a command in a running VM, streaming output; returns its exit code.
+
+    The VM's env vars are injected without appearing in any command line.
+    """
     import shlex
     import sys
 
+    from agent_swarm.ssh import envinject
     from agent_swarm.ssh.client import run
 
     app = obj()
+    env = _vm_env(kind, name)
     client = app.swarm.connect(kind, name)
     app.progress.done()
     try:
         cmd = command[0] if len(command) == 1 else shlex.join(command)
+        cmd = envinject.wrap(cmd, envinject.push(client, env))
         stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer
         return run(client, cmd, stdin=stdin, tty=tty)
     finally:
@@ -89,16 +104,24 @@ def exec_in_vm(kind: str, name: str, command: tuple[str, ...], *, tty: bool = Fa
 
 
 def ssh_into_vm(kind: str, name: str) -> int:
-    """Interactive OpenSSH session on the generated config (pinned host key, agent forwarding)."""
+    """Interactive OpenSSH session on the generated config (pinned host key, agent
+    forwarding), with the VM's env vars injected (never in a command line)."""
     import subprocess
 
+    from agent_swarm.ssh import envinject
     from agent_swarm.ssh.openssh import ssh_argv
 
     app = obj()
-    app.swarm.connect(kind, name).close()  # running, and the pinned key matches
+    env = _vm_env(kind, name)
+    client = app.swarm.connect(kind, name)  # running, and the pinned key matches
+    try:
+        env_file = envinject.push(client, env)
+    finally:
+        client.close()
     app.swarm.refresh_ssh_config()
     app.progress.done()
-    return subprocess.call(ssh_argv(kind, name))
+    remote = None if env_file is None else envinject.wrap('exec "$SHELL" -l', env_file)
+    return subprocess.call(ssh_argv(kind, name, extra=None) + ([remote] if remote else []))
 
 
 def open_code(kind: str, name: str, path: str | None) -> int:
