@@ -12,6 +12,15 @@ LOG=/var/log/libvirt/agent-swarm-libvirtd.log
 
 pgrep -x virtlogd >/dev/null || virtlogd -d
 
+# Without udev (containers, sandboxes) /dev/kvm stays root:root 0600. libvirt then decides
+# on every call that its QEMU capability cache is stale (KVM worked when probing as root but
+# is "not available" to its QEMU user) and re-probes QEMU: every define/start takes 5-15 s.
+# Give it the owner and mode udev gives it on a normal Debian boot.
+if [ -c /dev/kvm ] && getent group kvm >/dev/null \
+   && [ "$(stat -c %G /dev/kvm)" != kvm ] && [ "$(stat -c %a /dev/kvm)" = 600 ]; then
+  chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+fi
+
 start() {
   mkdir -p "$(dirname "$LOG")"
   if command -v tini >/dev/null; then

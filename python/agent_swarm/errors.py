@@ -85,6 +85,14 @@ class InvalidState(AgentSwarmError):
     """The operation does not fit the current state (e.g. a task before the project was sealed)."""
 
 
+class Busy(InvalidState):
+    """Another operation on the same VM is in progress, or was interrupted (a stale one)."""
+
+
+class CapacityError(AgentSwarmError):
+    """Creating the VMs would oversubscribe the host beyond the configured ratios."""
+
+
 class ProviderUnavailable(AgentSwarmError):
     """This host cannot run the provider (missing software, no permission, wrong OS)."""
 

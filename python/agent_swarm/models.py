@@ -40,6 +40,21 @@ class Generation:
 
 
 @dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """An operation in progress (or interrupted, when its process is gone)."""
+
+    id: int
+    op: str
+    kind: str
+    name: str
+    step: str
+    detail: str
+    pid: int
+    pid_start: str
+    started_at: str
+
+
+@dataclass(frozen=True, slots=True)
 class Task:
     name: str
     project: str

@@ -21,6 +21,7 @@ import base64
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import time
 import uuid
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent_swarm import native, paths
+from agent_swarm import capacity, native, paths
 from agent_swarm.cloudinit import build_seed_iso, cloud_config
 from agent_swarm.errors import (
     AgentSwarmError,
@@ -47,7 +48,7 @@ from agent_swarm.fsutil import atomic_write
 from agent_swarm.models import BaseImage, InstanceState, Project, SSHEndpoint, Task, VMSpec
 from agent_swarm.names import validate_name
 from agent_swarm.registry import Registry
-from agent_swarm.ssh import keys
+from agent_swarm.ssh import codebridge, keys
 
 if TYPE_CHECKING:
     import paramiko
@@ -87,6 +88,27 @@ IDENTITY_RESET = (
     "; echo uninitialized | sudo tee /etc/machine-id >/dev/null"
     "; sudo sync"
 )
+
+
+# Test hook for crash safety: `AGENT_SWARM_TEST_CRASH_AT=create:defined` makes the process
+# SIGKILL itself right after recording that journal step (see tests/integration/test_ops.py).
+CRASH_ENV = "AGENT_SWARM_TEST_CRASH_AT"
+
+
+def _crash_point(op: str, step: str) -> None:
+    if os.environ.get(CRASH_ENV) == f"{op}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Op:
+    """An operation recorded in the registry journal; :meth:`step` records progress."""
+
+    def __init__(self, reg: Registry, entry: int, op: str) -> None:
+        self.reg, self.entry, self.op = reg, entry, op
+
+    def step(self, step: str, detail: str | None = None) -> None:
+        self.reg.journal_step(self.entry, step, detail)
+        _crash_point(self.op, step)
 
 
 def setup_script_path() -> Path:
@@ -184,6 +206,49 @@ class Swarm:
             self._noticed = True
             self.progress(notice)
         self.provider.start(spec)
+
+    @contextlib.contextmanager
+    def journal(self, op: str, kind: str, name: str, detail: str = "") -> Iterator[Op]:
+        """Record ``op`` on a VM before acting; the entry is removed when the body finishes
+        (normally or by an exception it cleaned up after). A killed process leaves it for
+        `doctor`."""
+        entry = self.reg.journal_begin(op, kind, name, detail)
+        o = Op(self.reg, entry, op)
+        _crash_point(op, "begin")
+        ok = False
+        try:
+            yield o
+            ok = True
+        finally:
+            if ok:
+                self.reg.journal_end(entry)
+            else:
+                with contextlib.suppress(Exception):
+                    self.reg.journal_end(entry)
+
+    def running_demand(self, exclude: tuple[str, str] | None = None) -> capacity.Demand:
+        """vCPUs and RAM of this state directory's running VMs (read live from libvirt)."""
+        d = capacity.Demand()
+        for dom in self.provider.our_domains():
+            if dom["state"] is not InstanceState.RUNNING:
+                continue
+            if exclude and (dom["kind"], dom["name"]) == exclude:
+                continue
+            try:
+                vm: Project | Task = (
+                    self.reg.get_project(dom["name"])
+                    if dom["kind"] == "project"
+                    else self.reg.get_task(dom["name"])
+                )
+            except AgentSwarmError:
+                continue  # an orphan domain: doctor's business
+            d = d + capacity.Demand(vm.cpus, vm.memory_mib, 1)
+        return d
+
+    def check_capacity(self, new: capacity.Demand, *, what: str, force: bool = False) -> None:
+        if force:
+            return
+        capacity.check(capacity.host(), self.running_demand(), new, capacity.limits(), what=what)
 
     # ---- base images ---------------------------------------------------------------------
     def base_build(self, name: str = "debian-12") -> BaseImage:
@@ -315,9 +380,18 @@ class Swarm:
             },
             "manage_etc_hosts": True,
         }
+        files: list[dict[str, Any]] = [
+            {
+                "path": codebridge.GUEST_SCRIPT_PATH,
+                "permissions": "0755",
+                "owner": "root:root",
+                "encoding": "b64",
+                "content": base64.b64encode(codebridge.GUEST_SCRIPT.encode()).decode(),
+            }
+        ]
         if first_boot_setup:
             script = setup_script_path().read_bytes()
-            data["write_files"] = [
+            files.append(
                 {
                     "path": SETUP_IN_GUEST,
                     "permissions": "0755",
@@ -325,8 +399,9 @@ class Swarm:
                     "encoding": "b64",
                     "content": base64.b64encode(script).decode(),
                 }
-            ]
+            )
             data["runcmd"] = [["sh", "-c", f"bash {SETUP_IN_GUEST} >{SETUP_LOG} 2>&1"]]
+        data["write_files"] = files
         return cloud_config(data)
 
     def _write_seed(self, spec: VMSpec, *, first_boot_setup: bool) -> keys.KeyPair:
@@ -445,6 +520,8 @@ class Swarm:
         disk_gib: int = 20,
         network: str = "user",
         wait: bool = True,
+        start: bool = True,
+        force: bool = False,
     ) -> Project:
         validate_name(name, "project name")
         _ = self.provider  # first: no point in the rest if this host cannot run VMs
@@ -456,28 +533,42 @@ class Swarm:
                 hint="give a larger --disk",
             )
         _check_space(f"cannot create project {name}")
-        self.reg.add_project(
-            name,
-            base_image=base_img.name,
-            provider="libvirt",
-            cpus=cpus,
-            memory_mib=memory_mib,
-            disk_gib=disk_gib,
-            network=network,
-        )
-        self.progress(f"project {name}: creating its disk on base {base_img.name}")
-        spec = self._materialize(
-            "project", name, base_img.path, size=disk_gib << 30, first_boot_setup=True
-        )
+        if start:
+            self.check_capacity(
+                capacity.Demand(cpus, memory_mib, 1), what=f"creating project {name}", force=force
+            )
+        with self.journal("create", "project", name) as op:
+            self.reg.add_project(
+                name,
+                base_image=base_img.name,
+                provider="libvirt",
+                cpus=cpus,
+                memory_mib=memory_mib,
+                disk_gib=disk_gib,
+                network=network,
+            )
+            op.step("registered")
+            self.progress(f"project {name}: creating its disk on base {base_img.name}")
+            spec = self._materialize(
+                "project", name, base_img.path, size=disk_gib << 30, first_boot_setup=True, op=op
+            )
         p = self.reg.get_project(name)
-        self.progress(f"project {name}: booting")
-        self._boot(spec)
-        if wait:
-            self._wait_ready(spec, p.host_key, f"project {name}")
+        if start:
+            self.progress(f"project {name}: booting")
+            self._boot(spec)
+            if wait:
+                self._wait_ready(spec, p.host_key, f"project {name}")
         return p
 
     def _materialize(
-        self, kind: str, name: str, backing: str, *, size: int | None, first_boot_setup: bool
+        self,
+        kind: str,
+        name: str,
+        backing: str,
+        *,
+        size: int | None,
+        first_boot_setup: bool,
+        op: Op,
     ) -> VMSpec:
         """Port, disk overlay, seed, pinned host key and domain for a registered VM.
 
@@ -486,6 +577,7 @@ class Swarm:
         d = paths.project_dir(name) if kind == "project" else paths.task_dir(name)
         try:
             self.reg.allocate_port(kind, name, _candidate_ports())
+            op.step("port")
             spec = (
                 self.project_spec(self.reg.get_project(name))
                 if kind == "project"
@@ -495,9 +587,12 @@ class Swarm:
                 shutil.rmtree(d)  # leftovers of a crashed create of a VM with this name
             d.mkdir(parents=True, mode=0o700)
             native.create_qcow2_overlay(spec.disk, backing, size=size)
+            op.step("disk")
             host = self._write_seed(spec, first_boot_setup=first_boot_setup)
             self.reg.set_host_key(kind, name, host.public_openssh)
+            op.step("seed")
             self.provider.define(spec)
+            op.step("defined")
             self.refresh_ssh_config()
         except OSError as exc:
             self._rollback(kind, name, d)
@@ -509,9 +604,13 @@ class Swarm:
 
     def refresh_ssh_config(self) -> Path:
         """Rewrite ~/.agent-swarm/ssh_config and the pinned known_hosts from the registry."""
+        from agent_swarm.fsutil import file_lock
         from agent_swarm.ssh import config
 
-        return config.write(self.reg)
+        # Short lock: concurrent processes each render after their own commit; without it a
+        # slower writer could put back a config that misses the other's VM.
+        with file_lock(paths.home() / ".ssh_config.lock"):
+            return config.write(self.reg)
 
     def _rollback(self, kind: str, name: str, d: Path) -> None:
         spec = VMSpec(
@@ -529,9 +628,15 @@ class Swarm:
         with contextlib.suppress(Exception):
             self.refresh_ssh_config()
 
-    def project_start(self, name: str, *, wait: bool = True) -> None:
+    def project_start(self, name: str, *, wait: bool = True, force: bool = False) -> None:
         p = self.reg.get_project(name)
         spec = self.project_spec(p)
+        if self.provider.status(spec)[0] is not InstanceState.RUNNING:
+            self.check_capacity(
+                capacity.Demand(p.cpus, p.memory_mib, 0),
+                what=f"starting project {name}",
+                force=force,
+            )
         self.progress(f"project {name}: starting")
         self._boot(spec)
         if wait:
@@ -549,47 +654,71 @@ class Swarm:
             self.provider.stop(spec, timeout=timeout)
             return None
         latest = self.reg.latest_generation(name)
+        untouched = False
         if state is not InstanceState.RUNNING:
-            if latest is not None and native.image_info(spec.disk, chain=False).actual_size <= (
-                native.image_info(spec.disk, chain=False).cluster_size * 4
-            ):
+            info = native.image_info(spec.disk, chain=False)
+            untouched = info.actual_size <= info.cluster_size * 4
+            if untouched and latest is not None:
                 self.progress(f"project {name}: already sealed (generation {latest.generation})")
                 return None
-            # Its identity must be reset from inside: boot it once more.
-            self.project_start(name)
-        self.progress(f"project {name}: resetting its identity (machine-id, SSH host keys)")
-        client = self._ssh(spec, p.host_key, f"project {name}", timeout=120)
+        with self.journal("seal", "project", name) as op:
+            if untouched:
+                # Never booted: nothing in the disk has an identity yet; seal it as it is.
+                self.progress(f"project {name}: never booted; sealing its base as it is")
+            else:
+                if state is not InstanceState.RUNNING:
+                    # Its identity must be reset from inside: boot it once more.
+                    self.project_start(name, force=True)
+                self._reset_identity(p, spec)
+                op.step("identity-reset")
+                self.progress(f"project {name}: shutting down")
+                self.provider.stop(spec, timeout=timeout)
+            op.step("stopped")
+            return self._seal(p, spec, op)
+
+    def _reset_identity(self, p: Project, spec: VMSpec) -> None:
+        self.progress(f"project {p.name}: resetting its identity (machine-id, SSH host keys)")
+        client = self._ssh(spec, p.host_key, f"project {p.name}", timeout=120)
         try:
             from agent_swarm.ssh.client import run_capture
 
             rc, _out, err = run_capture(client, IDENTITY_RESET, timeout=120)
             if rc != 0:
-                raise SSHError(f"resetting the identity of project {name} failed: {err.strip()}")
+                raise SSHError(f"resetting the identity of project {p.name} failed: {err.strip()}")
         finally:
             client.close()
-        self.progress(f"project {name}: shutting down")
-        self.provider.stop(spec, timeout=timeout)
-        return self._seal(p, spec)
 
-    def _seal(self, p: Project, spec: VMSpec) -> int:
+    def _seal(self, p: Project, spec: VMSpec, op: Op) -> int:
         latest = self.reg.latest_generation(p.name)
         n = (latest.generation if latest else 0) + 1
         gen_path = spec.disk.with_name(f"gen-{n}.qcow2")
+        op.step("sealing", detail=str(gen_path))
         self.progress(f"project {p.name}: sealing template generation {n}")
         os.rename(spec.disk, gen_path)
         os.chmod(gen_path, 0o444)
+        op.step("renamed")
         try:
             self.reg.add_generation(p.name, str(gen_path))
         except BaseException:
             os.chmod(gen_path, 0o644)
             os.rename(gen_path, spec.disk)
             raise
-        native.create_qcow2_overlay(spec.disk, gen_path)
-        # The project's next boot is a new instance of the sealed template (no setup again).
+        op.step("registered")
+        self._finish_seal(p, spec, gen_path, op)
+        return n
+
+    def _finish_seal(self, p: Project, spec: VMSpec, gen_path: Path, op: Op | None) -> None:
+        """After a generation is registered: the project continues on a fresh overlay of it,
+        as a new instance of the sealed template (no setup again). Idempotent (doctor)."""
+        if not spec.disk.exists():
+            native.create_qcow2_overlay(spec.disk, gen_path)
+        if op:
+            op.step("overlay")
         host = self._write_seed(spec, first_boot_setup=False)
         self.reg.set_host_key("project", p.name, host.public_openssh)
+        if op:
+            op.step("seeded")
         self.refresh_ssh_config()
-        return n
 
     def project_delete(self, name: str) -> None:
         p = self.reg.get_project(name)
@@ -599,10 +728,38 @@ class Swarm:
                 f"project {name!r} still has task(s): " + ", ".join(t.name for t in tasks),
                 hint=f"delete them first: `agent-swarm bulk delete --project {name}`",
             )
-        spec = self.project_spec(p)
+        with self.journal("delete", "project", name) as op:
+            self.remove_vm("project", name, self.project_spec(p), op)
+
+    def remove_vm(self, kind: str, name: str, spec: VMSpec | None, op: Op | None) -> None:
+        """Domain, files, row and port of a VM, in that order; each step tolerates "already
+        gone", so it also completes an interrupted create or delete (doctor)."""
+        if spec is None:
+            d = paths.project_dir(name) if kind == "project" else paths.task_dir(name)
+            spec = VMSpec(
+                kind=kind,
+                name=name,
+                cpus=1,
+                memory_mib=256,
+                disk=d,
+                seed=d,
+                serial_log=d,
+                ssh_port=0,
+            )
         self.provider.delete(spec)
-        shutil.rmtree(paths.project_dir(name), ignore_errors=True)
-        self.reg.remove_project(name)
+        if op:
+            op.step("undefined")
+        shutil.rmtree(
+            paths.project_dir(name) if kind == "project" else paths.task_dir(name),
+            ignore_errors=True,
+        )
+        if op:
+            op.step("files-removed")
+        with contextlib.suppress(InstanceNotFound, ImageNotFound, AgentSwarmError):
+            if kind == "project":
+                self.reg.remove_project(name)
+            else:
+                self.reg.remove_task(name)
         self.refresh_ssh_config()
 
     # ---- tasks ----------------------------------------------------------------------------
@@ -614,31 +771,48 @@ class Swarm:
         cpus: int | None = None,
         memory_mib: int | None = None,
         wait: bool = True,
+        start: bool = True,
+        force: bool = False,
+        check_capacity: bool = True,
     ) -> Task:
         validate_name(name, "task name")
         _ = self.provider
         p = self.reg.get_project(project)
         _check_space(f"cannot create task {name}")
-        t = self.reg.add_task(
-            name,
-            project=project,
-            provider="libvirt",
-            cpus=cpus or p.cpus,
-            memory_mib=memory_mib or p.memory_mib,
-            network=p.network,
-        )
-        gen = self.reg.get_generation(project, t.generation)
-        spec = self._materialize("task", name, gen.path, size=None, first_boot_setup=False)
+        cpus, memory_mib = cpus or p.cpus, memory_mib or p.memory_mib
+        if start and check_capacity:
+            self.check_capacity(
+                capacity.Demand(cpus, memory_mib, 1), what=f"creating task {name}", force=force
+            )
+        with self.journal("create", "task", name) as op:
+            t = self.reg.add_task(
+                name,
+                project=project,
+                provider="libvirt",
+                cpus=cpus,
+                memory_mib=memory_mib,
+                network=p.network,
+            )
+            op.step("registered")
+            gen = self.reg.get_generation(project, t.generation)
+            spec = self._materialize(
+                "task", name, gen.path, size=None, first_boot_setup=False, op=op
+            )
         t = self.reg.get_task(name)
-        self.progress(f"task {name}: booting (clone of {project} generation {t.generation})")
-        self._boot(spec)
-        if wait:
-            self._wait_ready(spec, t.host_key, f"task {name}")
+        if start:
+            self.progress(f"task {name}: booting (clone of {project} generation {t.generation})")
+            self._boot(spec)
+            if wait:
+                self._wait_ready(spec, t.host_key, f"task {name}")
         return t
 
-    def task_start(self, name: str, *, wait: bool = True) -> None:
+    def task_start(self, name: str, *, wait: bool = True, force: bool = False) -> None:
         t = self.reg.get_task(name)
         spec = self.task_spec(t)
+        if self.provider.status(spec)[0] is not InstanceState.RUNNING:
+            self.check_capacity(
+                capacity.Demand(t.cpus, t.memory_mib, 0), what=f"starting task {name}", force=force
+            )
         self.progress(f"task {name}: starting")
         self._boot(spec)
         if wait:
@@ -649,10 +823,93 @@ class Swarm:
 
     def task_delete(self, name: str) -> None:
         t = self.reg.get_task(name)
-        self.provider.delete(self.task_spec(t))
-        shutil.rmtree(paths.task_dir(name), ignore_errors=True)
-        self.reg.remove_task(name)
-        self.refresh_ssh_config()
+        with self.journal("delete", "task", name) as op:
+            self.remove_vm("task", name, self.task_spec(t), op)
+
+    # ---- garbage collection of template generations -------------------------------------
+    def gc_plan(self) -> list[dict[str, Any]]:
+        """Generations no task pins, except each project's newest (its disk's backing)."""
+        plan = []
+        for p in self.reg.list_projects():
+            gens = self.reg.list_generations(p.name)
+            pinned = {t.generation for t in self.reg.list_tasks(p.name)}
+            for g in gens[:-1]:
+                if g.generation in pinned:
+                    continue
+                try:
+                    size: int | None = native.image_info(g.path, chain=False).actual_size
+                except (OSError, ValueError):
+                    size = None
+                plan.append(
+                    {
+                        "project": p.name,
+                        "generation": g.generation,
+                        "path": g.path,
+                        "disk_bytes": size,
+                    }
+                )
+        return plan
+
+    def gc_remove(self, item: dict[str, Any]) -> None:
+        """Remove one unused generation: the next generation (whose backing file it is) is
+        rewritten onto its own backing first, as a new file renamed into place, so its
+        content is unchanged and VMs running on the old file keep it."""
+
+        project, n = item["project"], int(item["generation"])
+        with self.journal("seal", "project", project):  # no seal/gc of this project meanwhile
+            gens = self.reg.list_generations(project)
+            idx = next((i for i, g in enumerate(gens) if g.generation == n), None)
+            if idx is None or idx == len(gens) - 1:
+                return
+            if any(t.generation == n for t in self.reg.list_tasks(project)):
+                raise InvalidState(f"generation {n} of project {project!r} is in use again")
+            victim, child = gens[idx], gens[idx + 1]
+            info = native.image_info(victim.path, chain=False)
+            new_backing = info.backing_path  # the base image or an older generation
+            child_info = native.image_info(child.path, chain=False)
+            backed = child_info.backing_path is not None and os.path.realpath(
+                child_info.backing_path
+            ) == os.path.realpath(victim.path)
+            if backed:  # (not backed: an interrupted gc already rebased it)
+                self._rebase_generation(
+                    project, child.generation, child.path, new_backing, info.backing_format
+                )
+            self.reg.remove_generation(project, n)
+            Path(victim.path).unlink(missing_ok=True)
+
+    def _rebase_generation(
+        self,
+        project: str,
+        generation: int,
+        path: str,
+        new_backing: str | None,
+        backing_format: str | None,
+    ) -> None:
+        import subprocess
+
+        self.progress(
+            f"project {project}: rebasing generation {generation} off its parent generation"
+        )
+        tmp = Path(path).with_name(f".gc-{generation}.qcow2.tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            native.clone_file(path, tmp)
+            os.chmod(tmp, 0o644)
+            cmd = ["qemu-img", "rebase", "-f", "qcow2", "-b", new_backing or ""]
+            if new_backing and backing_format:
+                cmd += ["-F", str(backing_format)]
+            r = subprocess.run(
+                [*cmd, str(tmp)], capture_output=True, text=True, check=False, timeout=3600
+            )
+            if r.returncode != 0:
+                raise ImageError(
+                    f"rebasing generation {generation} of {project!r} failed: {r.stderr.strip()}"
+                )
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     # ---- checkpoints ----------------------------------------------------------------------
     def _any_spec(self, name: str) -> VMSpec:
@@ -682,7 +939,9 @@ class Swarm:
             raise InvalidState(
                 f"{name!r} has no checkpoint {cp!r}", hint=f"see `agent-swarm checkpoints {name}`"
             )
-        self.provider.restore(spec, cp)
+        with self.journal("restore", spec.kind, spec.name, detail=cp) as op:
+            op.step("reverting")
+            self.provider.restore(spec, cp)
         return cp
 
     def checkpoints(self, name: str) -> list[dict[str, Any]]:
@@ -702,6 +961,17 @@ class Swarm:
             disk = None
             if state is not InstanceState.MISSING:
                 state, reason = InstanceState.BROKEN, f"disk: {exc}"
+        entry = self.reg.journal_of(kind, name)
+        if entry is not None:
+            from agent_swarm import procs
+
+            if procs.alive(entry.pid, entry.pid_start):
+                reason = f"{entry.op} in progress"
+            else:
+                state = InstanceState.BROKEN
+                reason = (
+                    f"interrupted {entry.op} (step {entry.step}); run `agent-swarm doctor --fix`"
+                )
         ssh = None
         if state is InstanceState.RUNNING and spec.network == "user":
             ssh = f"127.0.0.1:{spec.ssh_port}"

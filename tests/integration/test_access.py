@@ -236,3 +236,35 @@ def test_env_vars_reach_the_command_but_no_command_line(
         swarm("env", "rm", "AS_QUOTED", "--project", vm, env=bus)
     finally:
         ks.stop()
+
+
+def test_code_in_the_guest_opens_the_hosts_vscode(swarm: Swarm, vm: str, tmp_path: Path) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    record = tmp_path / "argv"
+    fake = bindir / "code"  # stands in for VS Code's CLI; records how it was called
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >> {record}\n')
+    fake.chmod(0o755)
+    path_env = {"PATH": f"{bindir}:{os.environ['PATH']}"}
+    r = swarm(
+        "project",
+        "ssh",
+        vm,
+        "--",
+        "mkdir -p '/home/worker/my proj' && cd '/home/worker/my proj' && code . /etc/hostname",
+        env=path_env,
+        input="",
+    )
+    alias = f"{vm}.project.agent-swarm"
+    assert record.read_text().splitlines() == [
+        "--folder-uri",
+        f"vscode-remote://ssh-remote+{alias}/home/worker/my%20proj",
+        "--file-uri",
+        f"vscode-remote://ssh-remote+{alias}/etc/hostname",
+    ], r.stderr
+    # A second session binds the guest socket again (the first one left it behind).
+    swarm("project", "ssh", vm, "--", "code /tmp", env=path_env, input="")
+    assert record.read_text().splitlines()[-1] == f"vscode-remote://ssh-remote+{alias}/tmp"
+    # Outside an `agent-swarm ssh` session the guest command says what to do.
+    r = swarm("project", "run", vm, "code /tmp", check=False)
+    assert r.returncode == 1 and "agent-swarm ssh" in r.stderr

@@ -21,6 +21,7 @@ from typing import Any
 
 from agent_swarm.errors import (
     AlreadyExists,
+    Busy,
     EnvVarNotFound,
     ImageNotFound,
     InstanceNotFound,
@@ -28,7 +29,7 @@ from agent_swarm.errors import (
     ProjectNotFound,
     RegistryError,
 )
-from agent_swarm.models import BaseImage, EnvVarRecord, Generation, Project, Task
+from agent_swarm.models import BaseImage, EnvVarRecord, Generation, JournalEntry, Project, Task
 from agent_swarm.names import validate_env_name, validate_name
 
 BUSY_TIMEOUT_MS = 10_000
@@ -403,6 +404,83 @@ class Registry:
             (owner_kind, owner_name),
         )
         return int(row[0]) if row else None
+
+    # ---- operations journal (crash safety; see migrations/0002_journal.sql) ----
+    def journal_begin(self, op: str, kind: str, name: str, detail: str = "") -> int:
+        """Record the intent to run ``op`` on a VM; raises :class:`Busy` when another operation
+        on it is in progress (or was interrupted and not yet repaired)."""
+        from agent_swarm import procs
+
+        pid, token = procs.me()
+        try:
+            with self.transaction() as c:
+                cur = c.execute(
+                    "INSERT INTO journal (op, kind, name, detail, pid, pid_start)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (op, kind, name, detail, pid, token),
+                )
+                return int(cur.lastrowid or 0)
+        except sqlite3.IntegrityError:
+            other = self.journal_of(kind, name)
+            if other is None:  # finished in between: try once more
+                return self.journal_begin(op, kind, name, detail)
+            if procs.alive(other.pid, other.pid_start):
+                raise Busy(
+                    f"{kind} {name!r} is busy: {other.op} in progress "
+                    f"(process {other.pid}, since {other.started_at})",
+                    hint="wait for it to finish",
+                ) from None
+            raise Busy(
+                f"an earlier {other.op} of {kind} {name!r} was interrupted "
+                f"(at step {other.step!r}; process {other.pid} is gone)",
+                hint="run `agent-swarm doctor --fix` to complete or undo it",
+            ) from None
+
+    def journal_step(self, entry_id: int, step: str, detail: str | None = None) -> None:
+        with self.transaction() as c:
+            if detail is None:
+                c.execute("UPDATE journal SET step = ? WHERE id = ?", (step, entry_id))
+            else:
+                c.execute(
+                    "UPDATE journal SET step = ?, detail = ? WHERE id = ?",
+                    (step, detail, entry_id),
+                )
+
+    def journal_end(self, entry_id: int) -> None:
+        with self.transaction() as c:
+            c.execute("DELETE FROM journal WHERE id = ?", (entry_id,))
+
+    def journal_of(self, kind: str, name: str) -> JournalEntry | None:
+        row = self._one("SELECT * FROM journal WHERE kind = ? AND name = ?", (kind, name))
+        return JournalEntry(**dict(row)) if row else None
+
+    def journal(self) -> list[JournalEntry]:
+        rows = self._conn.execute("SELECT * FROM journal ORDER BY id").fetchall()
+        return [JournalEntry(**dict(r)) for r in rows]
+
+    def remove_port(self, port: int) -> None:
+        with self.transaction() as c:
+            c.execute("DELETE FROM ports WHERE port = ?", (port,))
+
+    def ports(self) -> list[tuple[int, str, str]]:
+        rows = self._conn.execute(
+            "SELECT port, owner_kind, owner_name FROM ports ORDER BY port"
+        ).fetchall()
+        return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    def remove_generation(self, project: str, generation: int) -> None:
+        """Forget a sealed generation (the caller removes its file). Refused while a task
+        pins it (foreign key)."""
+        try:
+            with self.transaction() as c:
+                c.execute(
+                    "DELETE FROM generations WHERE project = ? AND generation = ?",
+                    (project, generation),
+                )
+        except sqlite3.IntegrityError as exc:
+            raise InvalidState(
+                f"generation {generation} of project {project!r} is still used by a task"
+            ) from exc
 
     # ---- encrypted environment variables (scope '' = global, else a project name) ----
     def _check_env_scope(self, scope: str) -> None:

@@ -103,12 +103,15 @@ def exec_in_vm(kind: str, name: str, command: tuple[str, ...], *, tty: bool = Fa
         client.close()
 
 
-def ssh_into_vm(kind: str, name: str) -> int:
-    """Interactive OpenSSH session on the generated config (pinned host key, agent
-    forwarding), with the VM's env vars injected (never in a command line)."""
+def ssh_into_vm(kind: str, name: str, command: tuple[str, ...] = (), *, tty: bool = False) -> int:
+    """OpenSSH session on the generated config (pinned host key, agent forwarding), with the
+    VM's env vars injected (never in a command line) and the guest's `code` command
+    forwarded to the host's VS Code. Interactive unless COMMAND is given."""
+    import contextlib
+    import shlex
     import subprocess
 
-    from agent_swarm.ssh import envinject
+    from agent_swarm.ssh import codebridge, config, envinject
     from agent_swarm.ssh.openssh import ssh_argv
 
     app = obj()
@@ -116,12 +119,27 @@ def ssh_into_vm(kind: str, name: str) -> int:
     client = app.swarm.connect(kind, name)  # running, and the pinned key matches
     try:
         env_file = envinject.push(client, env)
+        sftp = client.open_sftp()
+        try:  # sshd will not bind over a socket left by an earlier session
+            with contextlib.suppress(OSError):
+                sftp.mkdir(codebridge.GUEST_DIR, 0o700)
+            with contextlib.suppress(OSError):
+                sftp.remove(codebridge.GUEST_SOCKET)
+        finally:
+            sftp.close()
     finally:
         client.close()
     app.swarm.refresh_ssh_config()
     app.progress.done()
-    remote = None if env_file is None else envinject.wrap('exec "$SHELL" -l', env_file)
-    return subprocess.call(ssh_argv(kind, name, extra=None) + ([remote] if remote else []))
+    if command:
+        remote: str | None = command[0] if len(command) == 1 else shlex.join(command)
+    else:
+        remote = None if env_file is None else 'exec "$SHELL" -l'
+    if remote is not None:
+        remote = envinject.wrap(remote, env_file)
+    with codebridge.CodeBridge(config.alias(kind, name)) as bridge:
+        argv = ssh_argv(kind, name, tty=tty or not command, extra=bridge.forward_args())
+        return subprocess.call(argv + ([remote] if remote else []))
 
 
 def open_code(kind: str, name: str, path: str | None) -> int:

@@ -6,11 +6,21 @@ from agent_swarm.cli.commands._common import TASK, exec_in_vm, open_code, ssh_in
 from agent_swarm.cli.context import obj
 
 
-@click.command()
+@click.command(context_settings={"ignore_unknown_options": True})
 @click.argument("task", type=TASK)
-def ssh(task: str) -> None:
-    """Interactive SSH session in a task VM, with agent forwarding."""
-    raise SystemExit(ssh_into_vm("task", task))
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("-t", "--tty", is_flag=True, help="Force a TTY when a COMMAND is given.")
+def ssh(task: str, command: tuple[str, ...], tty: bool) -> None:
+    """SSH session in a task VM (OpenSSH, agent forwarding, env vars injected).
+
+    Interactive unless a COMMAND is given. In the session, `code PATH` opens PATH in this
+    host's VS Code.
+
+    \b
+    Examples: agent-swarm ssh fix-login
+              agent-swarm ssh fix-login -- git status
+    """
+    raise SystemExit(ssh_into_vm("task", task, command, tty=tty))
 
 
 @click.command(context_settings={"ignore_unknown_options": True})

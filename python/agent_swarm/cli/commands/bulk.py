@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import click
 
 from agent_swarm.cli import LazyGroup
-from agent_swarm.cli.commands._common import PROJECT, TASK, require_provider
+from agent_swarm.cli.commands._common import PROJECT, TASK
+from agent_swarm.cli.context import obj, table
 
 
 @click.group(cls=LazyGroup)
@@ -11,22 +15,138 @@ def bulk() -> None:
     """Create or delete many task VMs in parallel (bounded concurrency)."""
 
 
+def _finish(results: list[Any], verb: str) -> None:
+    app = obj()
+    failed = [r for r in results if not r.ok]
+    app.emit(
+        [r.as_dict() for r in results],
+        table(
+            ["TASK", "RESULT", "TIME", "DETAIL"],
+            [
+                [
+                    r.name,
+                    "ok" if r.ok else "FAILED",
+                    f"{r.seconds:.1f}s",
+                    r.detail + (f" (hint: {r.hint})" if r.hint else ""),
+                ]
+                for r in results
+            ],
+        )
+        + f"\n{len(results) - len(failed)} of {len(results)} {verb}"
+        + (f"; failed: {', '.join(r.name for r in failed)}" if failed else ""),
+    )
+    if failed:
+        raise SystemExit(1)
+
+
 @bulk.command("create")
 @click.argument("project", type=PROJECT)
 @click.argument("tasks", nargs=-1, required=True, type=TASK)
-@click.option("--parallel", type=click.IntRange(1, 64), help="Max concurrent creates.")
+@click.option(
+    "--parallel",
+    type=click.IntRange(1, 64),
+    help="Max concurrent creates (default: from host CPUs, free RAM and the VMs' size).",
+)
+@click.option("--cpus", type=click.IntRange(1, 256), help="vCPUs each (default: the project's).")
+@click.option("--memory", type=click.STRING, help="RAM each, e.g. 2G (default: the project's).")
+@click.option("--no-wait", is_flag=True, help="Return once the VMs are booting.")
+@click.option("--no-start", is_flag=True, help="Only create them (disk, seed, VM); do not boot.")
 @click.option("--force", is_flag=True, help="Create even if the host would be oversubscribed.")
-def create(project: str, tasks: tuple[str, ...], parallel: int | None, force: bool) -> None:
-    """Create TASKS from PROJECT in parallel; exit 1 if any failed."""
-    require_provider()
+def create(
+    project: str,
+    tasks: tuple[str, ...],
+    parallel: int | None,
+    cpus: int | None,
+    memory: str | None,
+    no_wait: bool,
+    no_start: bool,
+    force: bool,
+) -> None:
+    """Create TASKS from PROJECT in parallel; exit 1 if any failed.
+
+    Capacity is checked once for all of them (before anything is created); each item then
+    succeeds or is rolled back on its own.
+
+    \b
+    Example: agent-swarm bulk create myapp fix-login fix-logout add-tests
+    """
+    from agent_swarm import bulk as bulk_mod
+    from agent_swarm import capacity
+    from agent_swarm.cli.commands._common import Size
+
+    app = obj()
+    names = list(dict.fromkeys(tasks))
+    dupes = [n for n in names if tasks.count(n) > 1]
+    memory_mib = Size("m").convert(memory, None, None) >> 20 if memory else None
+    p = app.registry.get_project(project)
+    sw = app.swarm
+    _ = sw.provider.accel  # probe KVM once, not in every worker
+    per_vm = capacity.Demand(cpus or p.cpus, memory_mib or p.memory_mib, 1)
+    start = not no_start
+    if start and not force:
+        total = capacity.Demand()
+        for _n in names:
+            total = total + per_vm
+        sw.check_capacity(total, what=f"creating {len(names)} task VMs")
+    n = parallel or capacity.default_parallel(capacity.host(), len(names), per_vm, booting=start)
+    live = bulk_mod.LiveLines(names)
+    app.info(f"creating {len(names)} task VMs from {project}, {n} at a time")
+
+    def work(name: str, progress: Callable[[str], None]) -> str:
+        w = bulk_mod.worker_swarm(progress)
+        try:
+            t = w.task_create(
+                project,
+                name,
+                cpus=cpus,
+                memory_mib=memory_mib,
+                wait=not no_wait,
+                start=start,
+                check_capacity=False,  # checked above for all of them
+            )
+            if not start:
+                return f"created (generation {t.generation}, not started)"
+            port = w.reg.port_of("task", name)
+            state = "booting" if no_wait else "ready"
+            return f"{state}: ssh {name}.agent-swarm (127.0.0.1:{port})"
+        finally:
+            bulk_mod.close_swarm(w)
+
+    results = bulk_mod.run_parallel(names, work, parallel=n, live=live)
+    for d in dupes:
+        app.info(f"note: {d} was named more than once; created once")
+    _finish(results, "created")
 
 
 @bulk.command("delete")
 @click.argument("tasks", nargs=-1, type=TASK)
 @click.option("--project", type=PROJECT, help="Delete every task of this project.")
-@click.option("--parallel", type=click.IntRange(1, 64), help="Max concurrent deletes.")
+@click.option("--parallel", type=click.IntRange(1, 64), help="Max concurrent deletes (default 8).")
 def delete(tasks: tuple[str, ...], project: str | None, parallel: int | None) -> None:
-    """Delete TASKS (or all tasks of --project) in parallel."""
+    """Delete TASKS (or all tasks of --project) in parallel; exit 1 if any failed."""
+    from agent_swarm import bulk as bulk_mod
+
     if not tasks and not project:
         raise click.UsageError("name the tasks to delete, or use --project NAME")
-    require_provider()
+    app = obj()
+    names = list(dict.fromkeys(tasks))
+    if project:
+        app.registry.get_project(project)
+        names += [t.name for t in app.registry.list_tasks(project) if t.name not in names]
+    if not names:
+        app.emit([], f"Project {project} has no tasks.")
+        return
+    _ = app.swarm.provider  # fail early when libvirt is unreachable
+    live = bulk_mod.LiveLines(names)
+
+    def work(name: str, progress: Callable[[str], None]) -> str:
+        w = bulk_mod.worker_swarm(progress)
+        try:
+            progress("deleting")
+            w.task_delete(name)
+            return "deleted"
+        finally:
+            bulk_mod.close_swarm(w)
+
+    results = bulk_mod.run_parallel(names, work, parallel=parallel or 8, live=live)
+    _finish(results, "deleted")

@@ -39,8 +39,18 @@ def project() -> None:
     "network (address from DHCP).",
 )
 @click.option("--no-wait", is_flag=True, help="Return once the VM is booting.")
+@click.option("--no-start", is_flag=True, help="Only create it (disk, seed, VM); do not boot.")
+@click.option("--force", is_flag=True, help="Boot even if the host would be oversubscribed.")
 def create(
-    name: str, base: str | None, cpus: int, memory: int, disk: int, network: str, no_wait: bool
+    name: str,
+    base: str | None,
+    cpus: int,
+    memory: int,
+    disk: int,
+    network: str,
+    no_wait: bool,
+    no_start: bool,
+    force: bool,
 ) -> None:
     """Create a project VM from a base image, boot it and wait until it is ready.
 
@@ -56,11 +66,14 @@ def create(
         disk_gib=max(1, disk >> 30),
         network=network,
         wait=not no_wait,
+        start=not no_start,
+        force=force,
     )
     app.progress.done()
+    state = "created (not started)" if no_start else "booting" if no_wait else "ready"
     app.emit(
-        {"name": p.name, "base_image": p.base_image, "ready": not no_wait},
-        f"Project {name} is {'ready' if not no_wait else 'booting'}. Set it up with "
+        {"name": p.name, "base_image": p.base_image, "ready": not (no_wait or no_start)},
+        f"Project {name} is {state}. Set it up with "
         f"`agent-swarm project ssh {name}`, then seal it with `agent-swarm project stop {name}`.",
     )
 
@@ -101,25 +114,31 @@ def _size(n: int | None) -> str:
     return f"{n} B"
 
 
-@project.command("ssh")
+@project.command("ssh", context_settings={"ignore_unknown_options": True})
 @click.argument("name", type=PROJECT)
-def ssh(name: str) -> None:
-    """Open an interactive SSH session in a project VM (starts it if stopped)."""
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("-t", "--tty", is_flag=True, help="Force a TTY when a COMMAND is given.")
+def ssh(name: str, command: tuple[str, ...], tty: bool) -> None:
+    """SSH session in a project VM (starts it if stopped); interactive unless COMMAND.
+
+    In the session, `code PATH` opens PATH in this host's VS Code.
+    """
     app = obj()
     from agent_swarm.models import InstanceState
 
     p = app.registry.get_project(name)
     if app.swarm.provider.status(app.swarm.project_spec(p))[0] is not InstanceState.RUNNING:
         app.swarm.project_start(name)
-    raise SystemExit(ssh_into_vm("project", name))
+    raise SystemExit(ssh_into_vm("project", name, command, tty=tty))
 
 
 @project.command("start")
 @click.argument("name", type=PROJECT)
-def start(name: str) -> None:
+@click.option("--force", is_flag=True, help="Start even if the host would be oversubscribed.")
+def start(name: str, force: bool) -> None:
     """Start a project VM (on a fresh overlay of its newest template generation)."""
     app = obj()
-    app.swarm.project_start(name)
+    app.swarm.project_start(name, force=force)
     app.progress.done(f"Project {name} is running.")
 
 

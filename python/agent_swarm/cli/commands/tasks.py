@@ -15,16 +15,33 @@ from agent_swarm.cli.context import obj, table
 @click.option("--cpus", type=click.IntRange(1, 256), help="vCPUs (default: the project's).")
 @click.option("--memory", type=Size("m"), help="RAM, e.g. 4G (default: the project's).")
 @click.option("--no-wait", is_flag=True, help="Return once the VM is booting.")
-def create(project: str, task: str, cpus: int | None, memory: int | None, no_wait: bool) -> None:
+@click.option("--no-start", is_flag=True, help="Only create it (disk, seed, VM); do not boot.")
+@click.option("--force", is_flag=True, help="Boot even if the host would be oversubscribed.")
+def create(
+    project: str,
+    task: str,
+    cpus: int | None,
+    memory: int | None,
+    no_wait: bool,
+    no_start: bool,
+    force: bool,
+) -> None:
     """Create task VM TASK cloned copy-on-write from PROJECT's newest template."""
     app = obj()
     t = app.swarm.task_create(
-        project, task, cpus=cpus, memory_mib=(memory >> 20) if memory else None, wait=not no_wait
+        project,
+        task,
+        cpus=cpus,
+        memory_mib=(memory >> 20) if memory else None,
+        wait=not no_wait,
+        start=not no_start,
+        force=force,
     )
     app.progress.done()
+    state = "created (not started)" if no_start else "booting" if no_wait else "ready"
     app.emit(
         asdict(t) | {"host_key": None},
-        f"Task {task} is {'ready' if not no_wait else 'booting'} "
+        f"Task {task} is {state} "
         f"(clone of {project} generation {t.generation}): `agent-swarm ssh {task}`.",
     )
 
@@ -58,10 +75,11 @@ def list_(project: str | None) -> None:
 
 @click.command()
 @click.argument("task", type=TASK)
-def start(task: str) -> None:
+@click.option("--force", is_flag=True, help="Start even if the host would be oversubscribed.")
+def start(task: str, force: bool) -> None:
     """Start a stopped task VM and wait until SSH answers."""
     app = obj()
-    app.swarm.task_start(task)
+    app.swarm.task_start(task, force=force)
     app.progress.done(f"Task {task} is running.")
 
 

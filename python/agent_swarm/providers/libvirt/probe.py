@@ -71,5 +71,42 @@ def probe() -> ProbeResult:
             required=False,
         )
     )
+    perm = kvm_permission_problem()
+    if perm:
+        checks.append(
+            Check(
+                "kvm-permissions",
+                False,
+                perm,
+                hint="chgrp kvm /dev/kvm && chmod 0660 /dev/kvm (what udev does on a normal "
+                "Debian boot)",
+                required=False,
+            )
+        )
     available = all(c.ok for c in checks if c.required)
     return ProbeResult("libvirt", "Linux libvirt/QEMU", available, tuple(checks))
+
+
+def kvm_permission_problem() -> str | None:
+    """/dev/kvm that QEMU can open as root but not as libvirt's QEMU user (no udev set its
+    group): libvirt then finds its capability cache invalid on every call and re-probes
+    QEMU each time, making every define/start take seconds."""
+    import grp
+    import stat
+
+    try:
+        st = os.stat("/dev/kvm")
+    except OSError:
+        return None
+    try:
+        kvm_gid = grp.getgrnam("kvm").gr_gid
+    except KeyError:
+        return None
+    if st.st_gid == kvm_gid and st.st_mode & stat.S_IRGRP and st.st_mode & stat.S_IWGRP:
+        return None
+    if st.st_mode & stat.S_IROTH and st.st_mode & stat.S_IWOTH:
+        return None
+    return (
+        f"/dev/kvm is mode {stat.S_IMODE(st.st_mode):04o}, group {st.st_gid} (not kvm): libvirt "
+        "re-probes QEMU on every call, so each define/start takes seconds"
+    )

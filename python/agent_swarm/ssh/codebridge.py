@@ -1,0 +1,176 @@
+"""`code PATH` inside a VM opens PATH in the host's VS Code (Remote-SSH on the VM's alias).
+
+During `agent-swarm ssh`, the OpenSSH client reverse-forwards a Unix socket in the guest
+(:data:`GUEST_SOCKET`, mode 0600, owned by the VM user) to a socket in a private 0700
+directory on the host, served by :class:`CodeBridge`. The guest's ``/usr/local/bin/code``
+(:data:`GUEST_SCRIPT`, installed by cloud-init) sends one JSON line naming absolute paths;
+the bridge checks them and runs the host's ``code --folder-uri/--file-uri
+vscode-remote://ssh-remote+ALIAS/PATH`` (an argv list, never a shell) and answers one JSON line.
+Nothing but paths crosses the socket, and only paths go into the host command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+GUEST_DIR = "/home/worker/.agent-swarm"
+GUEST_SOCKET = f"{GUEST_DIR}/code.sock"
+GUEST_SCRIPT_PATH = "/usr/local/bin/code"
+MAX_REQUEST = 64 * 1024
+MAX_PATHS = 16
+
+GUEST_SCRIPT = r'''#!/usr/bin/python3
+"""code PATH... : open PATH in the host's VS Code (agent-swarm; works during `agent-swarm ssh`)."""
+import json, os, socket, sys
+
+SOCK = os.environ.get("AGENT_SWARM_CODE_SOCK", "@SOCK@")
+args = sys.argv[1:]
+if any(a in ("-h", "--help") for a in args):
+    print("usage: code [PATH...]  open PATH (default: .) in the host's VS Code")
+    sys.exit(0)
+if any(a.startswith("-") for a in args):
+    sys.exit("code: options are not supported here; usage: code [PATH...]")
+items = [{"path": os.path.abspath(p), "dir": os.path.isdir(p)} for p in (args or ["."])]
+for it in items:
+    if not os.path.exists(it["path"]):
+        sys.exit("code: %s: no such file or directory" % it["path"])
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(60)
+try:
+    s.connect(SOCK)
+except OSError:
+    sys.exit("code: not connected to the host's VS Code; this works in a session opened "
+             "with `agent-swarm ssh NAME` on the host")
+s.sendall((json.dumps({"open": items}) + "\n").encode())
+buf = b""
+while not buf.endswith(b"\n"):
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    buf += chunk
+try:
+    reply = json.loads(buf.decode() or "{}")
+except ValueError:
+    reply = {}
+if not reply.get("ok"):
+    sys.exit("code: " + str(reply.get("error") or "no answer from the host"))
+'''.replace("@SOCK@", GUEST_SOCKET)
+
+
+def code_executable() -> str | None:
+    """The host's VS Code CLI: $AGENT_SWARM_VSCODE (e.g. codium), else ``code`` on PATH."""
+    return shutil.which(os.environ.get("AGENT_SWARM_VSCODE") or "code")
+
+
+def _valid_path(p: Any) -> bool:
+    return (
+        isinstance(p, str)
+        and p.startswith("/")
+        and 0 < len(p) <= 4096
+        and not any(c in p for c in "\x00\n\r")
+    )
+
+
+def code_argv(exe: str, alias: str, path: str, *, is_dir: bool) -> list[str]:
+    uri = f"vscode-remote://ssh-remote+{alias}{quote(path)}"
+    return [exe, "--folder-uri" if is_dir else "--file-uri", uri]
+
+
+class CodeBridge:
+    """Serves the host end of the reverse-forwarded socket for one VM alias."""
+
+    def __init__(self, alias: str) -> None:
+        self.alias = alias
+        self._dir = Path(tempfile.mkdtemp(prefix="agent-swarm-code-"))  # 0700
+        self.socket_path = self._dir / "code.sock"
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(str(self.socket_path))
+        self._sock.listen(8)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def forward_args(self) -> list[str]:
+        """OpenSSH options forwarding the guest socket to this bridge (the caller removes a
+        stale guest socket first: sshd does not replace it unless StreamLocalBindUnlink)."""
+        return ["-R", f"{GUEST_SOCKET}:{self.socket_path}"]
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(30)
+            with contextlib.suppress(OSError):
+                buf = b""
+                while not buf.endswith(b"\n") and len(buf) <= MAX_REQUEST:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    buf += chunk
+                reply = self.handle_request(buf)
+                conn.sendall((json.dumps(reply) + "\n").encode())
+
+    def handle_request(self, raw: bytes) -> dict[str, Any]:
+        """Check one request and open its paths; returns the reply."""
+        if len(raw) > MAX_REQUEST:
+            return {"ok": False, "error": "request too large"}
+        try:
+            req = json.loads(raw.decode())
+            items = req["open"]
+            assert isinstance(items, list) and 0 < len(items) <= MAX_PATHS
+            assert all(isinstance(it, dict) and _valid_path(it.get("path")) for it in items)
+        except (ValueError, KeyError, TypeError, AssertionError, UnicodeDecodeError):
+            return {"ok": False, "error": "malformed request"}
+        exe = code_executable()
+        if exe is None:
+            return {
+                "ok": False,
+                "error": "VS Code's `code` command is not on the host's PATH "
+                "(set AGENT_SWARM_VSCODE to use another one, e.g. codium)",
+            }
+        for it in items:
+            argv = code_argv(exe, self.alias, it["path"], is_dir=bool(it.get("dir")))
+            try:
+                r = subprocess.run(
+                    argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=60, check=False
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                return {"ok": False, "error": f"running VS Code on the host failed: {exc}"}
+            if r.returncode != 0:
+                msg = r.stderr.decode(errors="replace").strip().splitlines()
+                tail = f": {msg[-1]}" if msg else ""
+                return {"ok": False, "error": f"VS Code exited with {r.returncode}{tail}"}
+        return {"ok": True}
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> CodeBridge:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
