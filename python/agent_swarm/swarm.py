@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent_swarm import capacity, native, paths
-from agent_swarm.cloudinit import build_seed_iso, cloud_config
 from agent_swarm.errors import (
     AgentSwarmError,
     AlreadyExists,
@@ -40,20 +39,29 @@ from agent_swarm.errors import (
     ImageNotFound,
     InstanceNotFound,
     InvalidState,
+    ProviderError,
     ProviderUnavailable,
     SSHError,
     Timeout,
 )
 from agent_swarm.fsutil import atomic_write
-from agent_swarm.models import BaseImage, InstanceState, Project, SSHEndpoint, Task, VMSpec
+from agent_swarm.models import (
+    BaseImage,
+    InstanceState,
+    JournalEntry,
+    Project,
+    SSHEndpoint,
+    Task,
+    VMSpec,
+)
 from agent_swarm.names import validate_name
 from agent_swarm.registry import Registry
-from agent_swarm.ssh import codebridge, keys
 
 if TYPE_CHECKING:
     import paramiko
 
     from agent_swarm.providers.libvirt.provider import LibvirtProvider
+    from agent_swarm.ssh import keys
 
 Progress = Callable[[str], None]
 
@@ -359,6 +367,10 @@ class Swarm:
         return self._spec("task", t.name, t.cpus, t.memory_mib, t.network)
 
     def _user_data(self, host: keys.KeyPair, *, first_boot_setup: bool) -> str:
+        # Imported here: `list`, `status` & co. never need them (start-up time).
+        from agent_swarm.cloudinit import cloud_config
+        from agent_swarm.ssh import codebridge, keys
+
         authorized = [keys.client_public_key(), *keys.user_public_keys()]
         data: dict[str, Any] = {
             "users": [
@@ -405,6 +417,9 @@ class Swarm:
         return cloud_config(data)
 
     def _write_seed(self, spec: VMSpec, *, first_boot_setup: bool) -> keys.KeyPair:
+        from agent_swarm.cloudinit import build_seed_iso
+        from agent_swarm.ssh import keys
+
         host = keys.generate_ed25519(f"{spec.kind}-{spec.name}")
         build_seed_iso(
             spec.seed,
@@ -456,6 +471,7 @@ class Swarm:
     def _ssh(
         self, spec: VMSpec, host_key: str, what: str, timeout: float, quiet: bool = False
     ) -> paramiko.SSHClient:
+        from agent_swarm.ssh import keys
         from agent_swarm.ssh.client import wait_for_ssh
 
         def alive() -> bool:
@@ -949,19 +965,36 @@ class Swarm:
 
     # ---- views ----------------------------------------------------------------------------
     def _view(
-        self, kind: str, name: str, project: str, gen: int | None, spec: VMSpec, cpus: int, mem: int
+        self,
+        kind: str,
+        name: str,
+        project: str,
+        gen: int | None,
+        spec: VMSpec,
+        cpus: int,
+        mem: int,
+        states: dict[str, tuple[InstanceState, str | None]] | None = None,
+        journal: dict[tuple[str, str], JournalEntry] | None = None,
     ) -> VMView:
-        try:
-            state, reason = self.provider.status(spec)
-        except ProviderUnavailable as exc:
-            state, reason = InstanceState.BROKEN, f"provider unavailable: {exc.message}"
+        reason: str | None
+        if states is not None:
+            state, reason = states.get(
+                self.provider.domain_name(spec), (InstanceState.MISSING, "no libvirt domain")
+            )
+        else:
+            try:
+                state, reason = self.provider.status(spec)
+            except ProviderUnavailable as exc:
+                state, reason = InstanceState.BROKEN, f"provider unavailable: {exc.message}"
         try:
             disk = native.image_info(spec.disk, chain=False).actual_size
         except (OSError, ValueError) as exc:
             disk = None
             if state is not InstanceState.MISSING:
                 state, reason = InstanceState.BROKEN, f"disk: {exc}"
-        entry = self.reg.journal_of(kind, name)
+        entry = (
+            journal.get((kind, name)) if journal is not None else self.reg.journal_of(kind, name)
+        )
         if entry is not None:
             from agent_swarm import procs
 
@@ -977,15 +1010,37 @@ class Swarm:
             ssh = f"127.0.0.1:{spec.ssh_port}"
         return VMView(kind, name, project, gen, state.value, reason, ssh, disk, cpus, mem)
 
+    def _live(
+        self,
+    ) -> tuple[
+        dict[str, tuple[InstanceState, str | None]] | None, dict[tuple[str, str], JournalEntry]
+    ]:
+        """All domain states (one libvirt round trip) and the journal, for list/status."""
+        journal = {(e.kind, e.name): e for e in self.reg.journal()}
+        try:
+            return self.provider.states(), journal
+        except (ProviderUnavailable, ProviderError):
+            return None, journal  # per-VM status then reports why
+
     def list_tasks(self, project: str | None = None) -> list[VMView]:
+        states, journal = self._live()
         return [
             self._view(
-                "task", t.name, t.project, t.generation, self.task_spec(t), t.cpus, t.memory_mib
+                "task",
+                t.name,
+                t.project,
+                t.generation,
+                self.task_spec(t),
+                t.cpus,
+                t.memory_mib,
+                states,
+                journal,
             )
             for t in self.reg.list_tasks(project)
         ]
 
     def list_projects(self) -> list[VMView]:
+        states, journal = self._live()
         out = []
         for p in self.reg.list_projects():
             latest = self.reg.latest_generation(p.name)
@@ -998,6 +1053,8 @@ class Swarm:
                     self.project_spec(p),
                     p.cpus,
                     p.memory_mib,
+                    states,
+                    journal,
                 )
             )
         return out

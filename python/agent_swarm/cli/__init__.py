@@ -19,7 +19,6 @@ from typing import Any
 
 import click
 
-from agent_swarm import __version__
 from agent_swarm.cli.context import AppContext
 from agent_swarm.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, AgentSwarmError
 
@@ -78,11 +77,28 @@ class LazyGroup(click.Group):
                 formatter.write_dl(rows)
 
 
+GLOBAL_FLAGS = ("--json", "--debug")
+
+
+def _hoist_global_flags(argv: list[str]) -> list[str]:
+    """Accept the global flags after the command too (`agent-swarm list --json`), but never
+    from a guest command after `--`."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    words = [i for i, a in enumerate(argv[:end]) if not a.startswith("-")]
+    path = [argv[i] for i in words[:2]]
+    if path[:1] in (["run"], ["ssh"]) or path[:2] in (["project", "run"], ["project", "ssh"]):
+        # Everything after the command word may belong to the guest command.
+        end = words[0] + 1 if path[0] != "project" else words[1] + 1
+    flags = [a for a in argv[:end] if a in GLOBAL_FLAGS]
+    rest = [a for a in argv[:end] if a not in GLOBAL_FLAGS]
+    return list(dict.fromkeys(flags)) + rest + argv[end:]
+
+
 class SwarmGroup(LazyGroup):
     def main(  # type: ignore[override]
         self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any
     ) -> None:
-        argv = list(sys.argv[1:] if args is None else args)
+        argv = _hoist_global_flags(list(sys.argv[1:] if args is None else args))
         debug = os.environ.get("AGENT_SWARM_DEBUG") == "1" or "--debug" in argv
         as_json = "--json" in argv
         try:
@@ -146,7 +162,7 @@ def _devnull_stdout() -> None:
     lazy=COMMANDS,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-@click.version_option(__version__, "-V", "--version", prog_name="agent-swarm")
+@click.version_option(None, "-V", "--version", package_name="agent-swarm", prog_name="agent-swarm")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
 @click.pass_context

@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent_swarm.images import debian
 from agent_swarm.providers.libvirt.probe import qemu_binary
 
 log = logging.getLogger(__name__)
@@ -36,10 +35,14 @@ class Accel:
 
 
 def _cache_file() -> Path:
+    from agent_swarm.images import debian
+
     return debian.cache_dir().parent / "accel.json"
 
 
 def _probe_kernel() -> Path | None:
+    from agent_swarm.images import debian
+
     candidates = sorted(debian.cache_dir().glob("*.vmlinuz"), key=lambda p: p.stat().st_mtime)
     candidates.reverse()
     release = platform.release()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
-from xml.sax.saxutils import quoteattr
 
 from agent_swarm.models import VMSpec
 
@@ -18,6 +17,15 @@ def mac_for(domain_name: str) -> str:
     """A stable, locally administered MAC per domain (52:54:00 is QEMU's prefix)."""
     h = hashlib.sha256(domain_name.encode()).digest()
     return f"52:54:00:{h[0]:02x}:{h[1]:02x}:{h[2]:02x}"
+
+
+def quoteattr(value: str) -> str:
+    """An XML attribute value, quoted (xml.sax.saxutils pulls in urllib and ssl: slow start)."""
+    for a, b in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&quot;")):
+        value = value.replace(a, b)
+    for a, b in (("\n", "&#10;"), ("\r", "&#13;"), ("\t", "&#9;")):
+        value = value.replace(a, b)
+    return f'"{value}"'
 
 
 def domain_xml(spec: VMSpec, *, domain_name: str, accel: str, home: str) -> str:

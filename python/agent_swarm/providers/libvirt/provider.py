@@ -239,6 +239,26 @@ class LibvirtProvider(Provider):
         except (libvirt.libvirtError, ProviderError, ProviderUnavailable) as exc:
             return InstanceState.BROKEN, str(exc)
 
+    def states(self) -> dict[str, tuple[InstanceState, str | None]]:
+        """State of every domain of this state directory, by domain name, in one round trip
+        (``list`` of 100 VMs must not cost 200 RPCs)."""
+        prefix = f"agent-swarm-{self._tag}-"
+        out: dict[str, tuple[InstanceState, str | None]] = {}
+        stats = bounded(
+            "reading VM states", self.conn.getAllDomainStats, libvirt.VIR_DOMAIN_STATS_STATE, 0
+        )
+        for dom, st in stats:
+            n = dom.name()
+            if not n.startswith(prefix):
+                continue
+            state, reason = st.get("state.state", -1), st.get("state.reason", -1)
+            s = _STATES.get(state, InstanceState.BROKEN)
+            out[n] = (
+                s,
+                f"libvirt state {state} (reason {reason})" if s is InstanceState.BROKEN else None,
+            )
+        return out
+
     def is_defined(self, spec: VMSpec) -> bool:
         return self._lookup(self.domain_name(spec)) is not None
 
