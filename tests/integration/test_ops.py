@@ -305,3 +305,34 @@ def test_doctor_finds_and_repairs_orphans(swarm: Swarm, project: str, tmp_path: 
     assert fingerprint(swarm, "bystander") == before
     swarm("bulk", "delete", "o1", "o4")
     assert_consistent(swarm)
+
+
+def test_access_to_a_stopped_vm_says_how_to_start_it(
+    swarm: Swarm, project: str, tmp_path: Path
+) -> None:
+    f = tmp_path / "f.txt"
+    f.write_text("x")
+    for args in (
+        ("run", "bystander", "true"),
+        ("ssh", "bystander"),
+        ("cp", str(f), "bystander:/tmp/"),
+    ):
+        r = swarm(*args, check=False)
+        assert r.returncode == 1, args
+        assert "task 'bystander' is stopped" in r.stderr
+        assert "agent-swarm start bystander" in r.stderr
+        assert "Traceback" not in r.stderr
+
+
+def test_status_shows_allocation_disk_and_pinned_generations(swarm: Swarm, project: str) -> None:
+    data = json.loads(swarm("--json", "status").stdout)
+    assert data["host"]["cpus"] >= 1 and data["host"]["memory_bytes"] > 0
+    (ops,) = [p for p in data["projects"] if p["name"] == project]
+    (gen,) = ops["generations"]
+    assert gen["generation"] == 1 and gen["newest"] and "bystander" in gen["tasks"]
+    assert ops["allocated"]["running_vms"] == 0
+    assert all(v["disk_bytes"] is not None for v in ops["vms"])
+    human = swarm("status").stdout
+    assert f"project {project}:" in human and "generation 1:" in human and "used by" in human
+    r = swarm("gc")
+    assert "Nothing to collect" in r.stdout  # generation 1 is pinned and the newest
