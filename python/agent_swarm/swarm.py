@@ -39,6 +39,7 @@ from agent_swarm.errors import (
     ImageNotFound,
     InstanceNotFound,
     InvalidState,
+    ProjectNotFound,
     ProviderError,
     ProviderUnavailable,
     SSHError,
@@ -611,10 +612,10 @@ class Swarm:
             op.step("defined")
             self.refresh_ssh_config()
         except OSError as exc:
-            self._rollback(kind, name, d)
+            self._rollback(kind, name)
             raise _disk_error(exc, f"cannot create {kind} {name}") from exc
         except BaseException:
-            self._rollback(kind, name, d)
+            self._rollback(kind, name)
             raise
         return spec
 
@@ -628,21 +629,8 @@ class Swarm:
         with file_lock(paths.home() / ".ssh_config.lock"):
             return config.write(self.reg)
 
-    def _rollback(self, kind: str, name: str, d: Path) -> None:
-        spec = VMSpec(
-            kind=kind, name=name, cpus=1, memory_mib=256, disk=d, seed=d, serial_log=d, ssh_port=0
-        )
-        with contextlib.suppress(Exception):
-            if self._provider is not None:
-                self._provider.delete(spec)
-        shutil.rmtree(d, ignore_errors=True)
-        with contextlib.suppress(Exception):
-            if kind == "project":
-                self.reg.remove_project(name)
-            else:
-                self.reg.remove_task(name)
-        with contextlib.suppress(Exception):
-            self.refresh_ssh_config()
+    def _rollback(self, kind: str, name: str) -> None:
+        self.remove_vm(kind, name, None, None, best_effort=True)
 
     def project_start(self, name: str, *, wait: bool = True, force: bool = False) -> None:
         p = self.reg.get_project(name)
@@ -747,36 +735,54 @@ class Swarm:
         with self.journal("delete", "project", name) as op:
             self.remove_vm("project", name, self.project_spec(p), op)
 
-    def remove_vm(self, kind: str, name: str, spec: VMSpec | None, op: Op | None) -> None:
-        """Domain, files, row and port of a VM, in that order; each step tolerates "already
-        gone", so it also completes an interrupted create or delete (doctor)."""
+    def remove_vm(
+        self,
+        kind: str,
+        name: str,
+        spec: VMSpec | None,
+        op: Op | None,
+        *,
+        best_effort: bool = False,
+    ) -> None:
+        """Registry row, domain and files of a VM. Each step tolerates "already gone", so this
+        also completes an interrupted create or delete (doctor); ``best_effort`` goes on past
+        failures (rolling back a failed create).
+
+        A project's row goes first, in a transaction that refuses while a task uses it, so a
+        task created concurrently can never lose its template; a crash after it leaves only
+        an orphan domain and files, which doctor removes. A task's row goes last.
+        """
+        d = paths.project_dir(name) if kind == "project" else paths.task_dir(name)
         if spec is None:
-            d = paths.project_dir(name) if kind == "project" else paths.task_dir(name)
             spec = VMSpec(
-                kind=kind,
-                name=name,
-                cpus=1,
-                memory_mib=256,
-                disk=d,
-                seed=d,
-                serial_log=d,
+                kind=kind, name=name, cpus=1, memory_mib=256, disk=d, seed=d, serial_log=d,
                 ssh_port=0,
-            )
-        self.provider.delete(spec)
+            )  # fmt: skip
+        guard = contextlib.suppress(Exception) if best_effort else contextlib.nullcontext()
+
+        def forget() -> None:
+            with contextlib.suppress(InstanceNotFound, ProjectNotFound), guard:
+                if kind == "project":
+                    self.reg.remove_project(name)
+                else:
+                    self.reg.remove_task(name)
+
+        if kind == "project":
+            forget()
+        with guard:
+            if best_effort and self._provider is None:
+                pass  # never connected: nothing can have been defined
+            else:
+                self.provider.delete(spec)
         if op:
             op.step("undefined")
-        shutil.rmtree(
-            paths.project_dir(name) if kind == "project" else paths.task_dir(name),
-            ignore_errors=True,
-        )
+        shutil.rmtree(d, ignore_errors=True)
         if op:
             op.step("files-removed")
-        with contextlib.suppress(InstanceNotFound, ImageNotFound, AgentSwarmError):
-            if kind == "project":
-                self.reg.remove_project(name)
-            else:
-                self.reg.remove_task(name)
-        self.refresh_ssh_config()
+        if kind == "task":
+            forget()
+        with guard:
+            self.refresh_ssh_config()
 
     # ---- tasks ----------------------------------------------------------------------------
     def task_create(
