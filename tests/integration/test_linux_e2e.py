@@ -3,7 +3,8 @@
 One flow, as a user runs it (each step a real `agent-swarm` process):
 base image (built locally, cached) -> project -> marker -> seal -> two tasks in parallel ->
 isolation and identity checks -> project modified after the seal (tasks unaffected) ->
-checkpoint/restore of a running task -> qemu-img check of every image -> delete everything.
+checkpoint/restore of a running task -> qemu-img check of every image -> a second generation
+and gc of the first -> delete everything.
 """
 
 from __future__ import annotations
@@ -141,9 +142,25 @@ def test_full_flow(swarm: Swarm) -> None:
     for img in images:
         qemu_img_check(img)
 
+    # -- a second generation; gc then removes the first, which no task uses any more, and
+    #    the second (rebased onto the base image) still boots with the project's changes
+    swarm("bulk", "delete", "task-a", "task-b")
+    swarm("project", "stop", "myapp")  # boots once more for the identity reset, seals gen 2
+    gen2 = home / "projects/myapp/gen-2.qcow2"
+    assert backing_chain(gen2)[1] == str(gen1)
+    plan = swarm.json("gc")
+    assert [(i["project"], i["generation"]) for i in plan["would_remove"]] == [("myapp", 1)]
+    assert gen1.exists()  # a dry run
+    swarm("gc", "--yes")
+    assert not gen1.exists()
+    assert backing_chain(gen2)[1:] == [str(home / "base-images/debian-12.qcow2")]
+    qemu_img_check(gen2)
+    assert (gen2.stat().st_mode & 0o777) == 0o444
+    swarm("create", "myapp", "task-c", "--memory", "768M", "--cpus", "1")
+    assert swarm.run("task-c", "cat ~/marker.txt ~/project-only").split() == ["changed", "new"]
+    swarm("delete", "task-c")
+
     # -- delete everything: no domain, disk, seed ISO or row is left
-    swarm("delete", "task-a")
-    swarm("delete", "task-b")
     r = swarm("project", "delete", "myapp")
     assert r.returncode == 0
     assert domains_of(home) == []
