@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "start": ("tasks:start", "Start a stopped task VM."),
     "stop": ("tasks:stop", "Stop a task VM."),
     "delete": ("tasks:delete", "Delete a task VM and its disk."),
-    "ssh": ("access:ssh", "Open an interactive SSH session in a task VM."),
+    "ssh": ("access:ssh", "SSH into a task VM (interactive, or run a command)."),
     "run": ("access:run", "Run a command inside a task VM."),
     "code": ("access:code", "Open VS Code connected to a task VM."),
     "cp": ("access:cp", "Copy files between the host and a VM."),

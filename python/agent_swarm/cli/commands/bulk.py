@@ -6,7 +6,7 @@ from typing import Any
 import click
 
 from agent_swarm.cli import LazyGroup
-from agent_swarm.cli.commands._common import PROJECT, TASK
+from agent_swarm.cli.commands._common import PROJECT, TASK, Size
 from agent_swarm.cli.context import obj, table
 
 
@@ -48,7 +48,7 @@ def _finish(results: list[Any], verb: str) -> None:
     help="Max concurrent creates (default: from host CPUs, free RAM and the VMs' size).",
 )
 @click.option("--cpus", type=click.IntRange(1, 256), help="vCPUs each (default: the project's).")
-@click.option("--memory", type=click.STRING, help="RAM each, e.g. 2G (default: the project's).")
+@click.option("--memory", type=Size("m"), help="RAM each, e.g. 2G (default: the project's).")
 @click.option("--no-wait", is_flag=True, help="Return once the VMs are booting.")
 @click.option("--no-start", is_flag=True, help="Only create them (disk, seed, VM); do not boot.")
 @click.option("--force", is_flag=True, help="Create even if the host would be oversubscribed.")
@@ -57,7 +57,7 @@ def create(
     tasks: tuple[str, ...],
     parallel: int | None,
     cpus: int | None,
-    memory: str | None,
+    memory: int | None,
     no_wait: bool,
     no_start: bool,
     force: bool,
@@ -72,12 +72,11 @@ def create(
     """
     from agent_swarm import bulk as bulk_mod
     from agent_swarm import capacity
-    from agent_swarm.cli.commands._common import Size
 
     app = obj()
     names = list(dict.fromkeys(tasks))
     dupes = [n for n in names if tasks.count(n) > 1]
-    memory_mib = Size("m").convert(memory, None, None) >> 20 if memory else None
+    memory_mib = memory >> 20 if memory else None
     p = app.registry.get_project(project)
     sw = app.swarm
     _ = sw.provider.accel  # probe KVM once, not in every worker
