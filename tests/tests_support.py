@@ -58,7 +58,7 @@ class Swarm:
 
 
 def domains_of(home: Path) -> list[str]:
-    tag = hashlib.sha256(str(home).encode()).hexdigest()[:6]
+    tag = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:6]
     out = subprocess.run(
         ["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
         capture_output=True,

@@ -21,7 +21,6 @@ Operations whose process is alive are reported as busy and their VMs left alone.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -49,6 +48,10 @@ class Finding:
     action: Callable[[], None] | None = field(default=None, repr=False)
     fixed: bool = False
     error: str | None = None
+    # The VM the fix touches: --fix holds that VM's journal slot while it re-checks the
+    # problem and repairs it, so a create or seal starting meanwhile is never hit.
+    vm: tuple[str, str] | None = field(default=None, repr=False)
+    recheck: Callable[[], bool] | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -102,6 +105,18 @@ class Doctor:
             key = (d["kind"], d["name"])
             if key in known or key in skip:
                 continue
+            owner = self.swarm.provider.domain_home(d["domain"])
+            if owner is not None and owner != str(paths.home()):
+                out.append(
+                    Finding(
+                        "foreign-domain",
+                        f"domain {d['domain']}",
+                        f"its name looks like ours, but it belongs to the state directory "
+                        f"{owner}; left alone",
+                        None,
+                    )
+                )
+                continue
             out.append(
                 Finding(
                     "orphan-domain",
@@ -109,6 +124,8 @@ class Doctor:
                     f"a libvirt VM ({d['state']}) of this state directory with no registry row",
                     "power it off and undefine it",
                     partial(self.swarm.provider.delete, _dummy_spec(d["kind"], d["name"])),
+                    vm=key,
+                    recheck=partial(self._unregistered, *key),
                 )
             )
 
@@ -129,6 +146,8 @@ class Doctor:
                         f"files of a {kind} VM with no registry row",
                         "remove them",
                         partial(shutil.rmtree, child, ignore_errors=True),
+                        vm=key,
+                        recheck=partial(self._unregistered, *key),
                     )
                 )
 
@@ -151,10 +170,44 @@ class Doctor:
                         f"reserved for {kind} {owner}, which does not exist",
                         "release it",
                         partial(self.reg.remove_port, port),
+                        vm=(kind, owner),
+                        recheck=partial(self._unregistered, kind, owner),
                     )
                 )
         out += self._temp_files()
         return out
+
+    # ---- re-checks, run by --fix while holding the VM's journal slot ----------------------
+    def _unregistered(self, kind: str, name: str) -> bool:
+        try:
+            if kind == "project":
+                self.reg.get_project(name)
+            else:
+                self.reg.get_task(name)
+        except AgentSwarmError:
+            return True
+        return False
+
+    def _unknown_generation(self, project: str, path: str) -> bool:
+        return all(g.path != path for g in self.reg.list_generations(project))
+
+    def _still(self, problem: str, kind: str, name: str, spec: VMSpec) -> bool:
+        if self._unregistered(kind, name):
+            return False
+        if problem == "missing-disk":
+            return not spec.disk.exists()
+        if problem == "missing-domain":
+            return spec.disk.exists() and not self.swarm.provider.is_defined(spec)
+        return True
+
+    def _row_created_by(self, e: JournalEntry) -> bool:
+        """Did the interrupted create `e` already insert its registry row? (It may have been
+        killed between the insert and recording the step.)"""
+        try:
+            row = self.reg.get_project(e.name) if e.kind == "project" else self.reg.get_task(e.name)
+        except AgentSwarmError:
+            return False
+        return row.created_at >= e.started_at
 
     def _interrupted(self, e: JournalEntry) -> Finding:
         what = (
@@ -166,7 +219,7 @@ class Doctor:
         def clear() -> None:
             self.reg.journal_end(e.id)
 
-        if e.op == "create" and e.step == "begin":
+        if e.op == "create" and e.step == "begin" and not self._row_created_by(e):
             return Finding(
                 "interrupted", subject, what + "; nothing was created", "clear it", clear
             )
@@ -194,12 +247,15 @@ class Doctor:
     def _interrupted_seal(
         self, e: JournalEntry, subject: str, what: str, clear: Callable[[], None]
     ) -> Finding:
+        from agent_swarm.swarm import Op
+
         p = self.reg.get_project(e.name)
         spec = self.swarm.project_spec(p)
         gen_path = Path(e.detail) if e.detail else None
         registered = gen_path is not None and any(
             g.path == str(gen_path) for g in self.reg.list_generations(e.name)
         )
+        op = Op(self.reg, e.id, "seal")
         if registered and gen_path is not None:
 
             def forward() -> None:
@@ -215,17 +271,33 @@ class Doctor:
             )
         if gen_path is not None and gen_path.exists() and not spec.disk.exists():
 
-            def back() -> None:
-                os.chmod(gen_path, 0o644)
-                os.rename(gen_path, spec.disk)
+            def register() -> None:
+                self.reg.add_generation(p.name, str(gen_path))
+                self.swarm._finish_seal(p, spec, gen_path, None)
                 clear()
 
             return Finding(
                 "interrupted",
                 subject,
-                what + "; the disk was renamed but not registered",
-                "undo: rename the disk back (seal again with `project stop`)",
-                back,
+                what + f"; the disk is already {gen_path.name} but not registered",
+                "finish sealing (register it, fresh project overlay and seed)",
+                register,
+            )
+        if e.step in ("identity-reset", "stopped", "sealing") or (
+            e.step == "resetting" and not self._answers_ssh(p, spec)
+        ):
+            # The identity is reset (or the VM never booted): sealing is the only way on.
+            def seal() -> None:
+                self.swarm.provider.stop(spec, force=True)
+                self.swarm._seal(p, spec, op)
+                clear()
+
+            return Finding(
+                "interrupted",
+                subject,
+                what + "; the identity was reset but the disk not sealed yet",
+                "stop the VM and seal it",
+                seal,
             )
         return Finding(
             "interrupted",
@@ -235,7 +307,29 @@ class Doctor:
             clear,
         )
 
+    def _answers_ssh(self, p: Any, spec: VMSpec) -> bool:
+        """Does the VM still accept SSH with its pinned host key? (Then an interrupted identity
+        reset had not removed the host keys yet, and can simply run again.)"""
+        from agent_swarm.models import InstanceState
+
+        if self.swarm.provider.status(spec)[0] is not InstanceState.RUNNING:
+            return False
+        try:
+            self.swarm._ssh(spec, p.host_key, f"project {p.name}", timeout=20, quiet=True).close()
+        except (AgentSwarmError, OSError):
+            return False
+        return True
+
     def _check_vm(
+        self, kind: str, name: str, spec: VMSpec, have_domain: set[tuple[str, str]]
+    ) -> list[Finding]:
+        out = self._check_vm_state(kind, name, spec, have_domain)
+        for f in out:
+            f.vm = (kind, name)
+            f.recheck = partial(self._still, f.problem, kind, name, spec)
+        return out
+
+    def _check_vm_state(
         self, kind: str, name: str, spec: VMSpec, have_domain: set[tuple[str, str]]
     ) -> list[Finding]:
         subject = f"{kind} {name}"
@@ -322,6 +416,8 @@ class Doctor:
                     "a template generation file the registry does not know",
                     "remove it",
                     partial(f.unlink, missing_ok=True),
+                    vm=("project", project),
+                    recheck=partial(self._unknown_generation, project, str(f)),
                 )
             )
         return out
@@ -351,13 +447,30 @@ class Doctor:
 
     # ---- repair --------------------------------------------------------------------------
     def fix(self, findings: list[Finding]) -> None:
+        from agent_swarm.errors import Busy
+
         for f in findings:
             if f.action is None:
                 continue
+            entry = None
             try:
+                if f.vm is not None:
+                    try:
+                        entry = self.reg.journal_begin("doctor", *f.vm)
+                    except Busy as exc:
+                        f.error = f"left alone: {exc.message}"
+                        continue
+                    if f.recheck is not None and not f.recheck():
+                        f.fixed = True
+                        f.detail += " (resolved meanwhile)"
+                        continue
                 f.action()
                 f.fixed = True
             except (AgentSwarmError, OSError) as exc:
                 f.error = str(exc)
+            finally:
+                if entry is not None:
+                    with contextlib.suppress(AgentSwarmError):
+                        self.reg.journal_end(entry)
         with contextlib.suppress(AgentSwarmError, OSError):
             self.swarm.refresh_ssh_config()

@@ -29,9 +29,11 @@ DOMAIN_XML = "domain.xml"
 def home() -> Path:
     """The state directory (not created)."""
     env = os.environ.get(ENV_HOME)
+    # Resolved: libvirt domain names carry a hash of this path, so one directory reached
+    # through two paths (a symlink) must still be one state directory.
     if env:
-        return Path(env).expanduser().absolute()
-    return Path.home() / ".agent-swarm"
+        return Path(env).expanduser().resolve()
+    return (Path.home() / ".agent-swarm").resolve()
 
 
 def ensure_home() -> Path:

@@ -92,10 +92,13 @@ echo "agent-swarm: project setup done on $(hostname)"
 # machine-id must be *present* and "uninitialized": with the file missing, systemd cannot
 # set up a transient ID on the read-only early root, and networkd's DHCP client then fails.
 IDENTITY_RESET = (
-    "set -e; sudo cloud-init clean --logs --seed"
-    "; sudo rm -f /etc/ssh/ssh_host_* /var/lib/dbus/machine-id"
+    "set -e; sudo rm -f /var/lib/dbus/machine-id"
     "; echo uninitialized | sudo tee /etc/machine-id >/dev/null"
+    "; sudo cloud-init clean --logs --seed"
     "; sudo sync"
+    # Host keys last: while they exist the VM still answers SSH, so an interrupted reset can
+    # simply be run again; once they are gone, everything else is done (see doctor).
+    "; sudo rm -f /etc/ssh/ssh_host_*; sudo sync"
 )
 
 
@@ -114,6 +117,9 @@ class Op:
 
     def __init__(self, reg: Registry, entry: int, op: str) -> None:
         self.reg, self.entry, self.op = reg, entry, op
+        # Set once the operation is past the point where giving up would leave the VM in a
+        # state only `doctor --fix` can finish (then a failure keeps the entry).
+        self.keep_on_error: str | None = None
 
     def step(self, step: str, detail: str | None = None) -> None:
         self.reg.journal_step(self.entry, step, detail)
@@ -224,40 +230,74 @@ class Swarm:
         entry = self.reg.journal_begin(op, kind, name, detail)
         o = Op(self.reg, entry, op)
         _crash_point(op, "begin")
-        ok = False
         try:
             yield o
-            ok = True
-        finally:
-            if ok:
-                self.reg.journal_end(entry)
-            else:
+        except BaseException as exc:
+            if o.keep_on_error is None:
                 with contextlib.suppress(Exception):
                     self.reg.journal_end(entry)
+            elif isinstance(exc, AgentSwarmError):
+                exc.hint = o.keep_on_error
+            raise
+        else:
+            self.reg.journal_end(entry)
+
+    def ensure_idle(self, kind: str, name: str) -> None:
+        """Refuse when another operation on this VM is running or was interrupted."""
+        from agent_swarm import procs
+        from agent_swarm.errors import Busy
+
+        e = self.reg.journal_of(kind, name)
+        if e is None:
+            return
+        if procs.alive(e.pid, e.pid_start):
+            raise Busy(
+                f"{kind} {name!r} is busy: {e.op} in progress (process {e.pid})",
+                hint="wait for it to finish",
+            )
+        raise Busy(
+            f"an earlier {e.op} of {kind} {name!r} was interrupted (at step {e.step!r})",
+            hint="run `agent-swarm doctor --fix` to complete or undo it",
+        )
 
     def running_demand(self, exclude: tuple[str, str] | None = None) -> capacity.Demand:
-        """vCPUs and RAM of this state directory's running VMs (read live from libvirt)."""
-        d = capacity.Demand()
+        """vCPUs and RAM this state directory's VMs take or are about to take: running ones
+        (read live from libvirt) plus those another process is creating to boot them (a live
+        `create` journal entry with detail "start"), so concurrent creates see each other."""
+        from agent_swarm import procs
+
+        counted: set[tuple[str, str]] = set()
         for dom in self.provider.our_domains():
-            if dom["state"] is not InstanceState.RUNNING:
-                continue
-            if exclude and (dom["kind"], dom["name"]) == exclude:
-                continue
+            if dom["state"] is InstanceState.RUNNING:
+                counted.add((dom["kind"], dom["name"]))
+        for e in self.reg.journal():
+            if e.op == "create" and e.detail == "start" and procs.alive(e.pid, e.pid_start):
+                counted.add((e.kind, e.name))
+        counted.discard(exclude or ("", ""))
+        d = capacity.Demand()
+        for kind, name in sorted(counted):
             try:
                 vm: Project | Task = (
-                    self.reg.get_project(dom["name"])
-                    if dom["kind"] == "project"
-                    else self.reg.get_task(dom["name"])
+                    self.reg.get_project(name) if kind == "project" else self.reg.get_task(name)
                 )
             except AgentSwarmError:
-                continue  # an orphan domain: doctor's business
+                continue  # an orphan domain, or a create not registered yet
             d = d + capacity.Demand(vm.cpus, vm.memory_mib, 1)
         return d
 
-    def check_capacity(self, new: capacity.Demand, *, what: str, force: bool = False) -> None:
+    def check_capacity(
+        self,
+        new: capacity.Demand,
+        *,
+        what: str,
+        force: bool = False,
+        exclude: tuple[str, str] | None = None,
+    ) -> None:
         if force:
             return
-        capacity.check(capacity.host(), self.running_demand(), new, capacity.limits(), what=what)
+        capacity.check(
+            capacity.host(), self.running_demand(exclude), new, capacity.limits(), what=what
+        )
 
     # ---- base images ---------------------------------------------------------------------
     def base_build(self, name: str = "debian-12") -> BaseImage:
@@ -550,11 +590,7 @@ class Swarm:
                 hint="give a larger --disk",
             )
         _check_space(f"cannot create project {name}")
-        if start:
-            self.check_capacity(
-                capacity.Demand(cpus, memory_mib, 1), what=f"creating project {name}", force=force
-            )
-        with self.journal("create", "project", name) as op:
+        with self.journal("create", "project", name, detail="start" if start else "") as op:
             self.reg.add_project(
                 name,
                 base_image=base_img.name,
@@ -565,16 +601,22 @@ class Swarm:
                 network=network,
             )
             op.step("registered")
+            if start:
+                # After registering (with a live journal entry): concurrent creates count
+                # each other, so together they cannot oversubscribe the host.
+                self._check_capacity_or_undo(
+                    "project", name, capacity.Demand(cpus, memory_mib, 1), force
+                )
             self.progress(f"project {name}: creating its disk on base {base_img.name}")
             spec = self._materialize(
                 "project", name, base_img.path, size=disk_gib << 30, first_boot_setup=True, op=op
             )
+            if start:  # still journaled: counted by concurrent capacity checks until it runs
+                self.progress(f"project {name}: booting")
+                self._boot(spec)
         p = self.reg.get_project(name)
-        if start:
-            self.progress(f"project {name}: booting")
-            self._boot(spec)
-            if wait:
-                self._wait_ready(spec, p.host_key, f"project {name}")
+        if start and wait:
+            self._wait_ready(spec, p.host_key, f"project {name}")
         return p
 
     def _materialize(
@@ -629,17 +671,33 @@ class Swarm:
         with file_lock(paths.home() / ".ssh_config.lock"):
             return config.write(self.reg)
 
+    def _check_capacity_or_undo(
+        self, kind: str, name: str, demand: capacity.Demand, force: bool
+    ) -> None:
+        try:
+            self.check_capacity(
+                demand, what=f"creating {kind} {name}", force=force, exclude=(kind, name)
+            )
+        except BaseException:
+            self._rollback(kind, name)
+            raise
+
     def _rollback(self, kind: str, name: str) -> None:
         self.remove_vm(kind, name, None, None, best_effort=True)
 
-    def project_start(self, name: str, *, wait: bool = True, force: bool = False) -> None:
+    def project_start(
+        self, name: str, *, wait: bool = True, force: bool = False, in_op: bool = False
+    ) -> None:
         p = self.reg.get_project(name)
         spec = self.project_spec(p)
+        if not in_op:
+            self.ensure_idle("project", name)
         if self.provider.status(spec)[0] is not InstanceState.RUNNING:
             self.check_capacity(
                 capacity.Demand(p.cpus, p.memory_mib, 0),
                 what=f"starting project {name}",
                 force=force,
+                exclude=("project", name),
             )
         self.progress(f"project {name}: starting")
         self._boot(spec)
@@ -672,9 +730,16 @@ class Swarm:
             else:
                 if state is not InstanceState.RUNNING:
                     # Its identity must be reset from inside: boot it once more.
-                    self.project_start(name, force=True)
+                    self.project_start(name, force=True, in_op=True)
+                op.step("resetting")
                 self._reset_identity(p, spec)
                 op.step("identity-reset")
+                # From here the VM has no identity (nor SSH host keys): only sealing it makes
+                # sense, so a failure leaves the entry for doctor to finish.
+                op.keep_on_error = (
+                    f"`agent-swarm doctor --fix` finishes sealing project {name} "
+                    "(its identity is already reset)"
+                )
                 self.progress(f"project {name}: shutting down")
                 self.provider.stop(spec, timeout=timeout)
             op.step("stopped")
@@ -708,6 +773,7 @@ class Swarm:
             os.rename(gen_path, spec.disk)
             raise
         op.step("registered")
+        op.keep_on_error = f"`agent-swarm doctor --fix` finishes sealing project {p.name}"
         self._finish_seal(p, spec, gen_path, op)
         return n
 
@@ -802,11 +868,7 @@ class Swarm:
         p = self.reg.get_project(project)
         _check_space(f"cannot create task {name}")
         cpus, memory_mib = cpus or p.cpus, memory_mib or p.memory_mib
-        if start and check_capacity:
-            self.check_capacity(
-                capacity.Demand(cpus, memory_mib, 1), what=f"creating task {name}", force=force
-            )
-        with self.journal("create", "task", name) as op:
+        with self.journal("create", "task", name, detail="start" if start else "") as op:
             t = self.reg.add_task(
                 name,
                 project=project,
@@ -816,24 +878,34 @@ class Swarm:
                 network=p.network,
             )
             op.step("registered")
+            if start and check_capacity:
+                self._check_capacity_or_undo(
+                    "task", name, capacity.Demand(cpus, memory_mib, 1), force
+                )
             gen = self.reg.get_generation(project, t.generation)
             spec = self._materialize(
                 "task", name, gen.path, size=None, first_boot_setup=False, op=op
             )
-        t = self.reg.get_task(name)
-        if start:
-            self.progress(f"task {name}: booting (clone of {project} generation {t.generation})")
-            self._boot(spec)
-            if wait:
-                self._wait_ready(spec, t.host_key, f"task {name}")
+            t = self.reg.get_task(name)
+            if start:  # still journaled: counted by concurrent capacity checks until it runs
+                self.progress(
+                    f"task {name}: booting (clone of {project} generation {t.generation})"
+                )
+                self._boot(spec)
+        if start and wait:
+            self._wait_ready(spec, t.host_key, f"task {name}")
         return t
 
     def task_start(self, name: str, *, wait: bool = True, force: bool = False) -> None:
         t = self.reg.get_task(name)
         spec = self.task_spec(t)
+        self.ensure_idle("task", name)
         if self.provider.status(spec)[0] is not InstanceState.RUNNING:
             self.check_capacity(
-                capacity.Demand(t.cpus, t.memory_mib, 0), what=f"starting task {name}", force=force
+                capacity.Demand(t.cpus, t.memory_mib, 0),
+                what=f"starting task {name}",
+                force=force,
+                exclude=("task", name),
             )
         self.progress(f"task {name}: starting")
         self._boot(spec)
@@ -872,7 +944,7 @@ class Swarm:
                 )
         return plan
 
-    def gc_remove(self, item: dict[str, Any]) -> None:
+    def gc_remove(self, item: dict[str, Any]) -> bool:
         """Remove one unused generation: the next generation (whose backing file it is) is
         rewritten onto its own backing first, as a new file renamed into place, so its
         content is unchanged and VMs running on the old file keep it."""
@@ -882,7 +954,7 @@ class Swarm:
             gens = self.reg.list_generations(project)
             idx = next((i for i, g in enumerate(gens) if g.generation == n), None)
             if idx is None or idx == len(gens) - 1:
-                return
+                return False  # the plan is stale: gone already, or the newest now
             if any(t.generation == n for t in self.reg.list_tasks(project)):
                 raise InvalidState(f"generation {n} of project {project!r} is in use again")
             victim, child = gens[idx], gens[idx + 1]
@@ -898,6 +970,7 @@ class Swarm:
                 )
             self.reg.remove_generation(project, n)
             Path(victim.path).unlink(missing_ok=True)
+        return True
 
     def _rebase_generation(
         self,
@@ -942,6 +1015,7 @@ class Swarm:
 
     def checkpoint(self, name: str, cp: str | None = None) -> str:
         spec = self._any_spec(name)
+        self.ensure_idle(spec.kind, spec.name)
         cp = cp or time.strftime("cp-%Y%m%d-%H%M%S")
         validate_name(cp, "checkpoint name")
         self.provider.checkpoint(spec, cp)

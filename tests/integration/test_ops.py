@@ -66,7 +66,7 @@ def assert_consistent(swarm: Swarm) -> None:
     set of VMs, and `doctor` agrees."""
     reg = registry(swarm)
     vms = {("task", t) for t in reg["tasks"]} | {("project", p) for p in reg["projects"]}  # type: ignore[attr-defined]
-    tag = hashlib.sha256(str(swarm.home).encode()).hexdigest()[:6]
+    tag = hashlib.sha256(str(swarm.home.resolve()).encode()).hexdigest()[:6]
     doms = set()
     for d in domains_of(swarm.home):
         kind, _, name = d[len(f"agent-swarm-{tag}-") :].partition("-")
@@ -98,7 +98,7 @@ def fingerprint(swarm: Swarm, task: str) -> tuple[object, ...]:
         port = con.execute("SELECT port FROM ports WHERE owner_name = ?", (task,)).fetchone()
     finally:
         con.close()
-    tag = hashlib.sha256(str(swarm.home).encode()).hexdigest()[:6]
+    tag = hashlib.sha256(str(swarm.home.resolve()).encode()).hexdigest()[:6]
     xml = subprocess.run(
         ["virsh", "-c", "qemu:///system", "dumpxml", f"agent-swarm-{tag}-task-{task}"],
         capture_output=True,
@@ -270,7 +270,7 @@ def test_kill_during_seal(swarm: Swarm, project: str, step: str) -> None:
 
 
 def test_doctor_finds_and_repairs_orphans(swarm: Swarm, project: str, tmp_path: Path) -> None:
-    tag = hashlib.sha256(str(swarm.home).encode()).hexdigest()[:6]
+    tag = hashlib.sha256(str(swarm.home.resolve()).encode()).hexdigest()[:6]
     swarm("bulk", "create", project, "o1", "o2", "o3", "o4", "--no-start")
     before = fingerprint(swarm, "bystander")
     virsh = ["virsh", "-c", "qemu:///system"]
@@ -336,3 +336,59 @@ def test_status_shows_allocation_disk_and_pinned_generations(swarm: Swarm, proje
     assert f"project {project}:" in human and "generation 1:" in human and "used by" in human
     r = swarm("gc")
     assert "Nothing to collect" in r.stdout  # generation 1 is pinned and the newest
+
+
+def test_doctor_leaves_a_vm_with_a_live_operation_alone(swarm: Swarm, project: str) -> None:
+    import time
+
+    from agent_swarm import procs
+
+    owner = subprocess.Popen(["sleep", "120"])  # stands in for a process creating task 'busy'
+    try:
+        time.sleep(0.2)
+        con = sqlite3.connect(swarm.home / "registry.db")
+        con.execute(
+            "INSERT INTO journal (op, kind, name, step, pid, pid_start)"
+            " VALUES ('create', 'task', 'busy', 'disk', ?, ?)",
+            (owner.pid, procs.start_time(owner.pid)),
+        )
+        con.commit()
+        con.close()
+        (swarm.home / "tasks" / "busy").mkdir()  # what that create has written so far
+        r = swarm("doctor", "--fix", check=False)
+        assert "[busy] task busy: busy: create in progress" in r.stdout
+        assert (swarm.home / "tasks" / "busy").is_dir()
+        r = swarm("delete", "busy", check=False)
+        assert r.returncode == 3  # no such task (yet): the row is not there
+        r = swarm("create", project, "busy", "--no-start", check=False)
+        assert r.returncode == 1 and "busy: create in progress" in r.stderr
+    finally:
+        owner.kill()
+        owner.wait()
+    # Its owner is gone now: the entry is an interrupted create, and doctor settles it.
+    swarm("doctor", "--fix")
+    assert not (swarm.home / "tasks" / "busy").exists()
+    assert_consistent(swarm)
+
+
+def test_kill_after_the_identity_reset_of_a_booted_project(swarm: Swarm, project: str) -> None:
+    """The likeliest real interruption (Ctrl-C or a crash while the VM shuts down): its
+    identity is already reset, so doctor finishes the seal instead of forgetting it."""
+    swarm("project", "create", "booted", "--memory", "512M", "--cpus", "1")
+    try:
+        swarm.run("booted", "echo kept > ~/kept.txt && sync", project=True)
+        crash(swarm, "seal:identity-reset", "project", "stop", "booted")
+        views = {v["name"]: v for v in json.loads(swarm("--json", "project", "list").stdout)}
+        assert views["booted"]["state"] == "broken"
+        r = swarm("doctor", check=False)
+        assert "the identity was reset" in r.stdout and "stop the VM and seal it" in r.stdout
+        swarm("doctor", "--fix")
+        gen1 = swarm.home / "projects" / "booted" / "gen-1.qcow2"
+        assert gen1.exists() and (gen1.stat().st_mode & 0o777) == 0o444
+        r = subprocess.run(["qemu-img", "check", str(gen1)], capture_output=True, timeout=60)
+        assert r.returncode == 0
+        assert_consistent(swarm)
+        swarm("create", "booted", "from-booted", "--no-start")
+        swarm("delete", "from-booted")
+    finally:
+        swarm("project", "delete", "booted", check=False)

@@ -29,6 +29,8 @@ GUEST_SOCKET = f"{GUEST_DIR}/code.sock"
 GUEST_SCRIPT_PATH = "/usr/local/bin/code"
 MAX_REQUEST = 64 * 1024
 MAX_PATHS = 16
+MAX_CONNECTIONS = 4  # at once; more are closed unanswered (a guest cannot flood the host)
+REQUEST_DEADLINE = 30.0  # seconds for a whole request, however slowly it trickles in
 
 GUEST_SCRIPT = r'''#!/usr/bin/python3
 """code PATH... : open PATH in the host's VS Code (agent-swarm; works during `agent-swarm ssh`)."""
@@ -97,6 +99,8 @@ class CodeBridge:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.bind(str(self.socket_path))
         self._sock.listen(8)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._run_lock = threading.Lock()  # one VS Code launch at a time
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
@@ -111,20 +115,33 @@ class CodeBridge:
                 conn, _ = self._sock.accept()
             except OSError:
                 return  # closed
+            if not self._slots.acquire(blocking=False):
+                conn.close()
+                continue
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(30)
-            with contextlib.suppress(OSError):
+        import time
+
+        try:
+            with conn, contextlib.suppress(OSError):
+                deadline = time.monotonic() + REQUEST_DEADLINE
                 buf = b""
                 while not buf.endswith(b"\n") and len(buf) <= MAX_REQUEST:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return
+                    conn.settimeout(left)
                     chunk = conn.recv(4096)
                     if not chunk:
                         break
                     buf += chunk
-                reply = self.handle_request(buf)
+                with self._run_lock:
+                    reply = self.handle_request(buf)
+                conn.settimeout(10)
                 conn.sendall((json.dumps(reply) + "\n").encode())
+        finally:
+            self._slots.release()
 
     def handle_request(self, raw: bytes) -> dict[str, Any]:
         """Check one request and open its paths; returns the reply."""

@@ -182,8 +182,7 @@ def gc(yes: bool) -> None:
         app.emit({"removed": [], "dry_run": not yes}, "Nothing to collect.")
         return
     if yes:
-        for item in plan:
-            app.swarm.gc_remove(item)
+        plan = [item for item in plan if app.swarm.gc_remove(item)]
     total = sum(i["disk_bytes"] or 0 for i in plan)
     verb = "Removed" if yes else "Would remove"
     lines = [

@@ -291,6 +291,19 @@ class LibvirtProvider(Provider):
                 out.append({"domain": n, "kind": kind, "name": name, "state": state})
         return out
 
+    def domain_home(self, dname: str) -> str | None:
+        """The state directory recorded in a domain's agent-swarm metadata (None: none)."""
+        import xml.etree.ElementTree as ET
+
+        dom = self._lookup(dname)
+        if dom is None:
+            return None
+        with self._errors(f"reading the definition of {dname}"):
+            root = ET.fromstring(dom.XMLDesc(0))
+        for el in root.iter("{https://agent-swarm.dev/xmlns/libvirt/1}vm"):
+            return el.get("home")
+        return None
+
     # ---- checkpoints (libvirt internal snapshots: memory too when running) ----
     def checkpoint(self, spec: VMSpec, tag: str) -> None:
         dom = self._dom(spec)

@@ -6,7 +6,7 @@
 -- owner makes it stale, never blocking forever).
 CREATE TABLE journal (
     id          INTEGER PRIMARY KEY,
-    op          TEXT NOT NULL CHECK (op IN ('create', 'delete', 'seal', 'restore')),
+    op          TEXT NOT NULL CHECK (op IN ('create', 'delete', 'seal', 'restore', 'doctor')),
     kind        TEXT NOT NULL CHECK (kind IN ('project', 'task')),
     name        TEXT NOT NULL,
     step        TEXT NOT NULL DEFAULT 'begin',
