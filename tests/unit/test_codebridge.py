@@ -132,3 +132,12 @@ def test_vscode_failure_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         r = guest_code(tmp_path, bridge.socket_path, str(tmp_path))
     assert r.returncode == 1
     assert "VS Code exited with 3: cannot open display" in r.stderr
+
+
+def test_agent_forwarding_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent_swarm.ssh import config
+
+    monkeypatch.delenv("AGENT_SWARM_FORWARD_AGENT", raising=False)
+    assert config.forward_agent() == "yes"
+    monkeypatch.setenv("AGENT_SWARM_FORWARD_AGENT", "no")
+    assert config.forward_agent() == "no"

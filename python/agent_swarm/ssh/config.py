@@ -8,6 +8,7 @@ plain ``ssh``, ``scp``, ``rsync``, ``git`` and VS Code Remote-SSH work on the al
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,13 @@ def entries(reg: Registry) -> list[Entry]:
     return out
 
 
+def forward_agent() -> str:
+    """``yes`` unless ``AGENT_SWARM_FORWARD_AGENT=no``: a forwarded agent lets processes in
+    the VM use your keys (not read them) while a session is open."""
+    v = os.environ.get("AGENT_SWARM_FORWARD_AGENT", "yes").strip().lower()
+    return "no" if v in ("no", "0", "false", "off") else "yes"
+
+
 def config_path() -> Path:
     return paths.home() / SSH_CONFIG
 
@@ -77,7 +85,7 @@ def render(es: list[Entry]) -> tuple[str, str]:
             f"  HostKeyAlias {a}\n"
             f"  StrictHostKeyChecking yes\n"
             f"  PasswordAuthentication no\n"
-            f"  ForwardAgent yes\n"
+            f"  ForwardAgent {forward_agent()}\n"
         )
     return "\n".join(blocks), "".join(hosts)
 
