@@ -9,8 +9,9 @@ log "state directory: $AGENT_SWARM_HOME"
 
 cleanup() {
   log "cleaning up"
-  for t in task-1 task-2; do agent-swarm delete "$t" >/dev/null 2>&1 || true; done
+  agent-swarm bulk delete --project demo >/dev/null 2>&1 || true
   agent-swarm project delete demo >/dev/null 2>&1 || true
+  agent-swarm doctor || true
 }
 trap cleanup EXIT
 
@@ -23,13 +24,9 @@ agent-swarm project run demo -- 'echo "hello from the template" > ~/hello.txt'
 log "seal the project as a template"
 agent-swarm project stop demo
 log "two task VMs, cloned copy-on-write, created in parallel"
-agent-swarm create demo task-1 &
-p1=$!
-agent-swarm create demo task-2 &
-p2=$!
-wait $p1
-wait $p2
+agent-swarm bulk create demo task-1 task-2
 agent-swarm list
+agent-swarm status
 for t in task-1 task-2; do
   log "run in $t"
   agent-swarm run "$t" -- 'echo "$(hostname): $(cat ~/hello.txt)"'

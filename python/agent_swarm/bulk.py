@@ -127,7 +127,9 @@ def worker_swarm(progress: Callable[[str], None]) -> Any:
     """A Swarm with its own registry and provider connection, for one worker thread."""
     from agent_swarm.swarm import Swarm
 
-    return Swarm(Registry(paths.registry_path()), progress=progress)
+    sw = Swarm(Registry(paths.registry_path()), progress=progress)
+    sw._noticed = True  # the KVM notice is printed once, by the bulk command itself
+    return sw
 
 
 def close_swarm(swarm: Any) -> None:

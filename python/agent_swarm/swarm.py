@@ -671,6 +671,16 @@ class Swarm:
         with file_lock(paths.home() / ".ssh_config.lock"):
             return config.write(self.reg)
 
+    def _check_start(self, spec: VMSpec, vm: Project | Task, force: bool) -> None:
+        """Capacity for booting an existing, stopped VM (its disk exists already)."""
+        if self.provider.status(spec)[0] is not InstanceState.RUNNING:
+            self.check_capacity(
+                capacity.Demand(vm.cpus, vm.memory_mib, 0),
+                what=f"starting {spec.kind} {spec.name}",
+                force=force,
+                exclude=(spec.kind, spec.name),
+            )
+
     def _check_capacity_or_undo(
         self, kind: str, name: str, demand: capacity.Demand, force: bool
     ) -> None:
@@ -692,13 +702,7 @@ class Swarm:
         spec = self.project_spec(p)
         if not in_op:
             self.ensure_idle("project", name)
-        if self.provider.status(spec)[0] is not InstanceState.RUNNING:
-            self.check_capacity(
-                capacity.Demand(p.cpus, p.memory_mib, 0),
-                what=f"starting project {name}",
-                force=force,
-                exclude=("project", name),
-            )
+        self._check_start(spec, p, force)
         self.progress(f"project {name}: starting")
         self._boot(spec)
         if wait:
@@ -900,13 +904,7 @@ class Swarm:
         t = self.reg.get_task(name)
         spec = self.task_spec(t)
         self.ensure_idle("task", name)
-        if self.provider.status(spec)[0] is not InstanceState.RUNNING:
-            self.check_capacity(
-                capacity.Demand(t.cpus, t.memory_mib, 0),
-                what=f"starting task {name}",
-                force=force,
-                exclude=("task", name),
-            )
+        self._check_start(spec, t, force)
         self.progress(f"task {name}: starting")
         self._boot(spec)
         if wait:

@@ -79,7 +79,9 @@ def create(
     memory_mib = memory >> 20 if memory else None
     p = app.registry.get_project(project)
     sw = app.swarm
-    _ = sw.provider.accel  # probe KVM once, not in every worker
+    notice = sw.provider.accel.notice  # probe KVM once, not in every worker
+    if notice and not no_start:
+        app.info(notice)
     per_vm = capacity.Demand(cpus or p.cpus, memory_mib or p.memory_mib, 1)
     start = not no_start
     if start and not force:
