@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from agent_swarm import paths, procs
 from agent_swarm.errors import AgentSwarmError
 from agent_swarm.models import JournalEntry, VMSpec
+from agent_swarm.swarm import stub_spec
 
 if TYPE_CHECKING:
     from agent_swarm.swarm import Swarm
@@ -64,13 +65,6 @@ class Finding:
         }
 
 
-def _dummy_spec(kind: str, name: str) -> VMSpec:
-    d = paths.project_dir(name) if kind == "project" else paths.task_dir(name)
-    return VMSpec(
-        kind=kind, name=name, cpus=1, memory_mib=256, disk=d, seed=d, serial_log=d, ssh_port=0
-    )
-
-
 class Doctor:
     def __init__(self, swarm: Swarm) -> None:
         self.swarm = swarm
@@ -81,8 +75,8 @@ class Doctor:
         out: list[Finding] = []
         skip: set[tuple[str, str]] = set()
         for e in self.reg.journal():
+            skip.add((e.kind, e.name))  # its operation (live or interrupted) owns it
             if procs.alive(e.pid, e.pid_start):
-                skip.add((e.kind, e.name))
                 out.append(
                     Finding(
                         "busy",
@@ -93,7 +87,6 @@ class Doctor:
                     )
                 )
             else:
-                skip.add((e.kind, e.name))
                 out.append(self._interrupted(e))
         projects = {p.name: p for p in self.reg.list_projects()}
         tasks = {t.name: t for t in self.reg.list_tasks()}
@@ -123,7 +116,7 @@ class Doctor:
                     f"domain {d['domain']}",
                     f"a libvirt VM ({d['state']}) of this state directory with no registry row",
                     "power it off and undefine it",
-                    partial(self.swarm.provider.delete, _dummy_spec(d["kind"], d["name"])),
+                    partial(self.swarm.provider.delete, stub_spec(d["kind"], d["name"])),
                     vm=key,
                     recheck=partial(self._unregistered, *key),
                 )

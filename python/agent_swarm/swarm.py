@@ -126,6 +126,14 @@ class Op:
         _crash_point(self.op, step)
 
 
+def stub_spec(kind: str, name: str) -> VMSpec:
+    """Enough of a VM's spec to find its domain and directory (removing what is left of it)."""
+    d = paths.project_dir(name) if kind == "project" else paths.task_dir(name)
+    return VMSpec(
+        kind=kind, name=name, cpus=1, memory_mib=256, disk=d, seed=d, serial_log=d, ssh_port=0
+    )
+
+
 def setup_script_path() -> Path:
     """``~/.agent-swarm/setup.sh``, created with a documented default on first use."""
     p = paths.ensure_home() / paths.SETUP_SCRIPT
@@ -241,24 +249,6 @@ class Swarm:
             raise
         else:
             self.reg.journal_end(entry)
-
-    def ensure_idle(self, kind: str, name: str) -> None:
-        """Refuse when another operation on this VM is running or was interrupted."""
-        from agent_swarm import procs
-        from agent_swarm.errors import Busy
-
-        e = self.reg.journal_of(kind, name)
-        if e is None:
-            return
-        if procs.alive(e.pid, e.pid_start):
-            raise Busy(
-                f"{kind} {name!r} is busy: {e.op} in progress (process {e.pid})",
-                hint="wait for it to finish",
-            )
-        raise Busy(
-            f"an earlier {e.op} of {kind} {name!r} was interrupted (at step {e.step!r})",
-            hint="run `agent-swarm doctor --fix` to complete or undo it",
-        )
 
     def running_demand(self, exclude: tuple[str, str] | None = None) -> capacity.Demand:
         """vCPUs and RAM this state directory's VMs take or are about to take: running ones
@@ -701,7 +691,7 @@ class Swarm:
         p = self.reg.get_project(name)
         spec = self.project_spec(p)
         if not in_op:
-            self.ensure_idle("project", name)
+            self.reg.ensure_idle("project", name)
         self._check_start(spec, p, force)
         self.progress(f"project {name}: starting")
         self._boot(spec)
@@ -823,11 +813,7 @@ class Swarm:
         an orphan domain and files, which doctor removes. A task's row goes last.
         """
         d = paths.project_dir(name) if kind == "project" else paths.task_dir(name)
-        if spec is None:
-            spec = VMSpec(
-                kind=kind, name=name, cpus=1, memory_mib=256, disk=d, seed=d, serial_log=d,
-                ssh_port=0,
-            )  # fmt: skip
+        spec = spec or stub_spec(kind, name)
         guard = contextlib.suppress(Exception) if best_effort else contextlib.nullcontext()
 
         def forget() -> None:
@@ -903,7 +889,7 @@ class Swarm:
     def task_start(self, name: str, *, wait: bool = True, force: bool = False) -> None:
         t = self.reg.get_task(name)
         spec = self.task_spec(t)
-        self.ensure_idle("task", name)
+        self.reg.ensure_idle("task", name)
         self._check_start(spec, t, force)
         self.progress(f"task {name}: starting")
         self._boot(spec)
@@ -1013,7 +999,7 @@ class Swarm:
 
     def checkpoint(self, name: str, cp: str | None = None) -> str:
         spec = self._any_spec(name)
-        self.ensure_idle(spec.kind, spec.name)
+        self.reg.ensure_idle(spec.kind, spec.name)
         cp = cp or time.strftime("cp-%Y%m%d-%H%M%S")
         validate_name(cp, "checkpoint name")
         self.provider.checkpoint(spec, cp)
@@ -1051,9 +1037,10 @@ class Swarm:
         spec: VMSpec,
         cpus: int,
         mem: int,
-        states: dict[str, tuple[InstanceState, str | None]] | None = None,
-        journal: dict[tuple[str, str], JournalEntry] | None = None,
+        states: dict[str, tuple[InstanceState, str | None]] | None,
+        journal: dict[tuple[str, str], JournalEntry],
     ) -> VMView:
+        """``states``: all domain states from one round trip (None: ask per VM)."""
         reason: str | None
         if states is not None:
             state, reason = states.get(
@@ -1070,9 +1057,7 @@ class Swarm:
             disk = None
             if state is not InstanceState.MISSING:
                 state, reason = InstanceState.BROKEN, f"disk: {exc}"
-        entry = (
-            journal.get((kind, name)) if journal is not None else self.reg.journal_of(kind, name)
-        )
+        entry = journal.get((kind, name))
         if entry is not None:
             from agent_swarm import procs
 

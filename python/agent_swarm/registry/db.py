@@ -424,17 +424,13 @@ class Registry:
             other = self.journal_of(kind, name)
             if other is None:  # finished in between: try once more
                 return self.journal_begin(op, kind, name, detail)
-            if procs.alive(other.pid, other.pid_start):
-                raise Busy(
-                    f"{kind} {name!r} is busy: {other.op} in progress "
-                    f"(process {other.pid}, since {other.started_at})",
-                    hint="wait for it to finish",
-                ) from None
-            raise Busy(
-                f"an earlier {other.op} of {kind} {name!r} was interrupted "
-                f"(at step {other.step!r}; process {other.pid} is gone)",
-                hint="run `agent-swarm doctor --fix` to complete or undo it",
-            ) from None
+            raise _busy(other) from None
+
+    def ensure_idle(self, kind: str, name: str) -> None:
+        """Raise :class:`Busy` when an operation on this VM is in progress or was interrupted."""
+        entry = self.journal_of(kind, name)
+        if entry is not None:
+            raise _busy(entry)
 
     def journal_step(self, entry_id: int, step: str, detail: str | None = None) -> None:
         with self.transaction() as c:
@@ -533,6 +529,22 @@ class Registry:
             cur = c.execute("DELETE FROM env_vars WHERE scope = ? AND name = ?", (scope, name))
             if cur.rowcount == 0:
                 raise _env_not_found(scope, name)
+
+
+def _busy(e: JournalEntry) -> Busy:
+    from agent_swarm import procs
+
+    if procs.alive(e.pid, e.pid_start):
+        return Busy(
+            f"{e.kind} {e.name!r} is busy: {e.op} in progress "
+            f"(process {e.pid}, since {e.started_at})",
+            hint="wait for it to finish",
+        )
+    return Busy(
+        f"an earlier {e.op} of {e.kind} {e.name!r} was interrupted "
+        f"(at step {e.step!r}; process {e.pid} is gone)",
+        hint="run `agent-swarm doctor --fix` to complete or undo it",
+    )
 
 
 def _env_not_found(scope: str, name: str) -> EnvVarNotFound:

@@ -278,17 +278,13 @@ class LibvirtProvider(Provider):
         raise Timeout(f"{spec.name} has no DHCP lease yet")
 
     def our_domains(self) -> list[dict[str, Any]]:
-        """Domains of this state directory: [{"domain", "kind", "name", "state"}]."""
+        """Domains of this state directory: [{"domain", "kind", "name", "state"}], from the
+        same single round trip as :meth:`states`."""
         prefix = f"agent-swarm-{self._tag}-"
         out = []
-        with self._errors("listing domains"):
-            for dom in self.conn.listAllDomains():
-                n = dom.name()
-                if not n.startswith(prefix):
-                    continue
-                kind, _, name = n[len(prefix) :].partition("-")
-                state = _STATES.get(dom.state()[0], InstanceState.BROKEN)
-                out.append({"domain": n, "kind": kind, "name": name, "state": state})
+        for n, (state, _) in sorted(self.states().items()):
+            kind, _, name = n[len(prefix) :].partition("-")
+            out.append({"domain": n, "kind": kind, "name": name, "state": state})
         return out
 
     def domain_home(self, dname: str) -> str | None:
