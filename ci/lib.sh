@@ -17,7 +17,7 @@ BASE_APT=(python3 python3-venv python3-dev g++ make zlib1g-dev pkg-config
 LINUX_APT=(libvirt-daemon-system libvirt-daemon libvirt-clients libvirt-dev
            qemu-system-x86 qemu-system-data openssh-client
            mmdebstrap grub-pc-bin grub-efi-amd64-bin grub2-common dosfstools mtools
-           procps iproute2 tini)
+           procps iproute2 tini passt)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

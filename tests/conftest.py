@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -41,3 +42,29 @@ def cli(swarm_home: Path):  # type: ignore[no-untyped-def]
         )
 
     return run
+
+
+def _why_not() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (libvirtd system instance, image build)"
+    for tool in ("libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img", "mmdebstrap", "passt"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (bash ci/test.sh installs it)"
+    try:
+        import libvirt  # noqa: F401
+    except ImportError:
+        return "libvirt-python is not installed (pip install '.[libvirt]')"
+    return None
+
+
+@pytest.fixture(scope="session")
+def libvirtd() -> Iterator[None]:
+    """libvirtd and virtlogd running and answering (ci/start-libvirt.sh starts them when
+    they are not running, under a subreaper, and restarts its own libvirtd if it hangs)."""
+    why = _why_not()
+    if why:
+        pytest.skip(why)
+    script = Path(__file__).resolve().parents[1] / "ci" / "start-libvirt.sh"
+    r = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"libvirtd is not usable: {r.stderr}"
+    yield

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,13 +102,9 @@ def _ratio(env: str, value: object, what: str) -> float:
 
 
 def limits() -> Limits:
-    cfg: dict[str, object] = {}
-    f = paths.home() / "config.toml"
-    if f.exists():
-        try:
-            cfg = tomllib.loads(f.read_text()).get("capacity", {})
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read {f}: {exc}", hint="fix or remove that file") from None
+    from agent_swarm import settings
+
+    cfg: dict[str, object] = dict(settings.capacity_section())
     d = Limits()
     return Limits(
         _ratio("AGENT_SWARM_CPU_RATIO", cfg.get("cpu_ratio", d.cpu_ratio), "cpu_ratio"),

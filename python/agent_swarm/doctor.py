@@ -33,6 +33,7 @@ from agent_swarm import paths, procs
 from agent_swarm.errors import AgentSwarmError
 from agent_swarm.models import JournalEntry, VMSpec
 from agent_swarm.swarm import stub_spec
+from agent_swarm.textsafe import sanitize
 
 if TYPE_CHECKING:
     from agent_swarm.swarm import Swarm
@@ -460,7 +461,7 @@ class Doctor:
                 f.action()
                 f.fixed = True
             except (AgentSwarmError, OSError) as exc:
-                f.error = str(exc)
+                f.error = sanitize(str(exc), keep_newlines=False)  # may quote guest text
             finally:
                 if entry is not None:
                     with contextlib.suppress(AgentSwarmError):

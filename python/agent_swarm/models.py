@@ -29,6 +29,7 @@ class Project:
     network: str
     host_key: str
     created_at: str
+    host_access: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,7 @@ class Task:
     network: str
     host_key: str
     created_at: str
+    host_access: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,3 +112,5 @@ class VMSpec:
     serial_log: Path
     ssh_port: int  # loopback port forwarded to the guest's port 22 (user networking)
     network: str = "user"  # "user" (default) | "nat"
+    # user networking: may the guest reach this host's loopback (and so its siblings)?
+    host_access: bool = False

@@ -77,6 +77,17 @@ class ImageInfo:
         backing_path: ``backing_file`` resolved against the image's directory.
         backing_format: the backing file's format, as recorded or detected.
         backing_chain: :class:`ImageInfo` of every image below this one, nearest first.
+        encryption: ``"aes"`` (legacy qcow2 AES) or ``"luks"`` when the qcow2 image is
+            encrypted, else ``None``.
+        data_file: the external data file name recorded in a qcow2 header extension, or
+            ``None``. An image with an external data file keeps only metadata: the guest's
+            data is read from (and written to) that file.
+        incompatible_features: names of the qcow2 incompatible feature bits that are set, in
+            bit order: ``"dirty"`` (lazy refcounts not yet repaired), ``"corrupt"``,
+            ``"data_file"`` (an external data file is required, even when ``data_file`` is
+            ``None``), ``"compression_type"`` (not zlib), ``"extended_l2"`` (subclusters).
+            Unknown bits are not listed: :func:`image_info` raises
+            :class:`InvalidImageError` for them. Always ``()`` for raw and VHDX.
     """
 
     path: str
@@ -88,6 +99,9 @@ class ImageInfo:
     backing_path: str | None = None
     backing_format: ImageFormat | None = None
     backing_chain: tuple[ImageInfo, ...] = field(default=(), repr=False)
+    encryption: Literal["aes", "luks"] | None = None
+    data_file: str | None = None
+    incompatible_features: tuple[str, ...] = ()
 
     @property
     def chain_actual_size(self) -> int:

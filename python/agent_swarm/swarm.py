@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent_swarm import capacity, native, paths
+from agent_swarm import capacity, native, paths, settings
 from agent_swarm.errors import (
     AgentSwarmError,
     AlreadyExists,
@@ -317,6 +317,7 @@ class Swarm:
             path = download.download_ubuntu(cache, self.progress)
             source = f"url:{download.ubuntu_image()[0]}"
         else:
+            download.check_url(url)  # before anything else: a plain-http URL is refused
             file_name = url.rstrip("/").rsplit("/", 1)[-1] or "image"
             sha = None
             with contextlib.suppress(AgentSwarmError):
@@ -336,17 +337,10 @@ class Swarm:
             raise AlreadyExists(f"base image {name!r} already exists", hint="choose another --name")
 
     def _base_import(self, name: str, src: Path, *, source: str) -> BaseImage:
-        try:
-            info = native.image_info(src)
-        except (OSError, ValueError) as exc:
-            raise ImageError(f"{src} is not a usable disk image: {exc}") from exc
-        if info.format not in ("qcow2", "raw"):
-            raise ImageError(f"{src} is a {info.format} image; base images must be qcow2 or raw")
-        if info.backing_file:
-            raise ImageError(
-                f"{src} has a backing file ({info.backing_file})",
-                hint="flatten it first: qemu-img convert -O qcow2 SRC DST",
-            )
+        from agent_swarm.images.validate import inspect_base_image
+
+        # Untrusted header: data files, backing files, encryption, dirty/corrupt, size.
+        info = inspect_base_image(src)  # before anything is copied
         d = paths.base_images_dir()
         d.mkdir(parents=True, exist_ok=True)
         dest = d / f"{name}.{info.format}"
@@ -354,6 +348,10 @@ class Swarm:
         native.clone_file(src, dest, overwrite=True)
         os.chmod(dest, 0o444)
         try:
+            # The copy is what VMs boot: check it too (src may have changed meanwhile).
+            copied = inspect_base_image(dest)
+            if (copied.format, copied.virtual_size) != (info.format, info.virtual_size):
+                raise ImageError(f"{src} changed while it was copied", hint="run it again")
             return self.reg.add_base_image(
                 name,
                 path=str(dest),
@@ -376,7 +374,9 @@ class Swarm:
         return max(images, key=lambda b: b.created_at)
 
     # ---- specs, seeds -------------------------------------------------------------------
-    def _spec(self, kind: str, name: str, cpus: int, memory_mib: int, network: str) -> VMSpec:
+    def _spec(
+        self, kind: str, name: str, cpus: int, memory_mib: int, network: str, host_access: bool
+    ) -> VMSpec:
         d = paths.project_dir(name) if kind == "project" else paths.task_dir(name)
         port = self.reg.port_of(kind, name) or 0
         return VMSpec(
@@ -389,20 +389,23 @@ class Swarm:
             serial_log=d / paths.SERIAL_LOG,
             ssh_port=port,
             network=network,
+            host_access=host_access,
         )
 
     def project_spec(self, p: Project) -> VMSpec:
-        return self._spec("project", p.name, p.cpus, p.memory_mib, p.network)
+        return self._spec("project", p.name, p.cpus, p.memory_mib, p.network, p.host_access)
 
     def task_spec(self, t: Task) -> VMSpec:
-        return self._spec("task", t.name, t.cpus, t.memory_mib, t.network)
+        return self._spec("task", t.name, t.cpus, t.memory_mib, t.network, t.host_access)
 
-    def _user_data(self, host: keys.KeyPair, *, first_boot_setup: bool) -> str:
+    def _user_data(self, host: keys.KeyPair, *, project: str, first_boot_setup: bool) -> str:
         # Imported here: `list`, `status` & co. never need them (start-up time).
         from agent_swarm.cloudinit import cloud_config
         from agent_swarm.ssh import codebridge, keys
 
-        authorized = [keys.client_public_key(), *keys.user_public_keys()]
+        # agent-swarm's own key always; the user's own keys only when configured (a guest
+        # holding a forwarded agent could otherwise log into every VM that trusts them).
+        authorized = keys.authorized_keys(project)
         data: dict[str, Any] = {
             "users": [
                 {
@@ -456,9 +459,14 @@ class Swarm:
             spec.seed,
             instance_id=f"{spec.name}-{uuid.uuid4()}",
             hostname=spec.name,
-            user_data=self._user_data(host, first_boot_setup=first_boot_setup),
+            user_data=self._user_data(
+                host, project=self._project_of(spec), first_boot_setup=first_boot_setup
+            ),
         )
         return host
+
+    def _project_of(self, spec: VMSpec) -> str:
+        return spec.name if spec.kind == "project" else self.reg.get_task(spec.name).project
 
     # ---- booting --------------------------------------------------------------------------
     def _wait_ready(self, spec: VMSpec, host_key: str, what: str) -> None:
@@ -481,14 +489,20 @@ class Swarm:
                 ) from exc
             status = out + err
             if "status: done" not in status:
-                detail = " ".join(ln.strip() for ln in status.splitlines() if ln.strip())[-300:]
+                from agent_swarm.textsafe import sanitize  # guest text: no escape sequences
+
+                detail = " ".join(ln.strip() for ln in status.splitlines() if ln.strip())
+                detail = sanitize(detail, max_len=300, keep_newlines=False, tail=True)
                 setup_tail = ""
                 if spec.kind == "project":
                     _, log_tail, _ = run_capture(
                         client, f"sudo tail -n 5 {SETUP_LOG} 2>/dev/null", timeout=30
                     )
-                    if log_tail.strip():
-                        setup_tail = " | setup.sh: " + " / ".join(log_tail.strip().splitlines())
+                    lines = log_tail.strip().splitlines()[-5:]
+                    if lines:
+                        setup_tail = " | setup.sh: " + " / ".join(
+                            sanitize(ln, max_len=200, keep_newlines=False) for ln in lines
+                        )
                 raise InvalidState(
                     f"{what}: cloud-init did not finish cleanly ({detail}){setup_tail}",
                     hint=f"log in with `agent-swarm {'project ' if spec.kind == 'project' else ''}"
@@ -566,6 +580,7 @@ class Swarm:
         memory_mib: int = 2048,
         disk_gib: int = 20,
         network: str = "user",
+        host_access: bool | None = None,
         wait: bool = True,
         start: bool = True,
         force: bool = False,
@@ -580,6 +595,8 @@ class Swarm:
                 hint="give a larger --disk",
             )
         _check_space(f"cannot create project {name}")
+        if host_access is None:
+            host_access = settings.for_project(name).host_access
         with self.journal("create", "project", name, detail="start" if start else "") as op:
             self.reg.add_project(
                 name,
@@ -589,6 +606,7 @@ class Swarm:
                 memory_mib=memory_mib,
                 disk_gib=disk_gib,
                 network=network,
+                host_access=host_access,
             )
             op.step("registered")
             if start:
@@ -852,6 +870,7 @@ class Swarm:
         start: bool = True,
         force: bool = False,
         check_capacity: bool = True,
+        host_access: bool | None = None,
     ) -> Task:
         validate_name(name, "task name")
         _ = self.provider
@@ -866,6 +885,7 @@ class Swarm:
                 cpus=cpus,
                 memory_mib=memory_mib,
                 network=p.network,
+                host_access=p.host_access if host_access is None else host_access,
             )
             op.step("registered")
             if start and check_capacity:

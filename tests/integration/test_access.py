@@ -116,7 +116,7 @@ def test_ssh_config_install_is_idempotent_and_reversible(
     swarm("ssh-config", "--install", env=env)
     swarm("ssh-config", "--install", env=env)
     text = (home / ".ssh" / "config").read_text()
-    assert text.count(f"Include {swarm.home / 'ssh_config'}") == 1
+    assert text.count(f'Include "{swarm.home / "ssh_config"}"') == 1
     assert text.index("Include") < text.index("Host example")
     swarm("ssh-config", "--uninstall", env=env)
     assert (home / ".ssh" / "config").read_text() == "Host example\n  User me\n"

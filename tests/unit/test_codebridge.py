@@ -134,10 +134,27 @@ def test_vscode_failure_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert "VS Code exited with 3: cannot open display" in r.stderr
 
 
-def test_agent_forwarding_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_agent_forwarding_is_a_setting_off_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from agent_swarm.ssh import config
 
-    monkeypatch.delenv("AGENT_SWARM_FORWARD_AGENT", raising=False)
-    assert config.forward_agent() == "yes"
-    monkeypatch.setenv("AGENT_SWARM_FORWARD_AGENT", "no")
-    assert config.forward_agent() == "no"
+    monkeypatch.setenv("AGENT_SWARM_HOME", str(tmp_path))
+    monkeypatch.setenv("AGENT_SWARM_FORWARD_AGENT", "yes")  # gone: not read any more
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    es = [
+        config.Entry("project", "p1", 2201, key, "p1"),
+        config.Entry("task", "t1", 2202, key, "p1"),
+    ]
+
+    def forwarding() -> list[str]:
+        text = config.render(es)[0]
+        return [ln.split()[1] for ln in text.splitlines() if ln.strip().startswith("ForwardAgent")]
+
+    assert forwarding() == ["no", "no"]
+    (tmp_path / "config.toml").write_text("[project.p1]\nforward_agent = true\n")
+    assert forwarding() == ["yes", "yes"]  # the task follows its project
+    (tmp_path / "config.toml").write_text(
+        "[ssh]\nforward_agent = true\n[project.p1]\nforward_agent = false\n"
+    )
+    assert forwarding() == ["no", "no"]

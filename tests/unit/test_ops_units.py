@@ -113,7 +113,7 @@ def test_capacity_ratios_from_config_and_env(
         capacity.limits()
     monkeypatch.delenv("AGENT_SWARM_MEMORY_RATIO")
     (swarm_home / "config.toml").write_text("[capacity\n")
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match="not valid TOML"):
         capacity.limits()
 
 

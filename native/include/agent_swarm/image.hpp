@@ -23,6 +23,12 @@ struct ImageInfo {
     std::optional<std::string> backing_file;   // as recorded in the image (qcow2 / VHDX parent)
     std::optional<std::string> backing_path;   // backing_file resolved against path's directory
     std::optional<ImageFormat> backing_format; // recorded or detected
+    // qcow2 header facts that decide whether an image is safe and usable as a disk:
+    std::optional<std::string> encryption;     // "aes" (legacy) or "luks"; nullopt if none
+    std::optional<std::string> data_file;      // external data file name (header extension)
+    // Names of the set (known) incompatible feature bits, in bit order: "dirty", "corrupt",
+    // "data_file", "compression_type", "extended_l2". Unknown bits throw ImageError.
+    std::vector<std::string> incompatible_features;
 };
 
 // Detect the format of a file from its magic bytes. A file with no known magic is raw.

@@ -16,6 +16,12 @@ py::dict to_dict(const ImageInfo& i) {
     d["backing_file"] = i.backing_file ? fs_str(*i.backing_file) : py::none();
     d["backing_path"] = i.backing_path ? fs_str(*i.backing_path) : py::none();
     d["backing_format"] = i.backing_format ? py::object(py::str(format_name(*i.backing_format))) : py::object(py::none());
+    d["encryption"] = i.encryption ? py::object(py::str(*i.encryption)) : py::object(py::none());
+    d["data_file"] = i.data_file ? fs_str(*i.data_file) : py::none();
+    py::tuple features(i.incompatible_features.size());
+    for (size_t k = 0; k < i.incompatible_features.size(); ++k)
+        features[k] = py::str(i.incompatible_features[k]);
+    d["incompatible_features"] = features;
     return d;
 }
 

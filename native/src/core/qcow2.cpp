@@ -64,6 +64,7 @@ struct Header {
     uint32_t header_length = kV2HeaderLength;
     uint8_t compression_type = 0;  // 0 zlib, 1 zstd
     bool data_file_ext = false;
+    std::optional<std::string> data_file;  // the data file extension's name, as recorded
     uint64_t file_size = 0;
     std::optional<std::string> backing_file;
     std::optional<std::string> backing_format;  // name as recorded
@@ -212,6 +213,8 @@ Header parse_header(const io::File& f) {
             h.backing_format = std::move(name);
         } else if (type == kExtDataFile) {
             h.data_file_ext = true;
+            std::string name(data, len);  // QEMU reads it with g_strndup: up to a NUL
+            h.data_file = name.substr(0, name.find('\0'));
         }
         off += (uint64_t(len) + 7) & ~uint64_t(7);
     }
@@ -226,6 +229,15 @@ void qcow2_read_info(const io::File& f, ImageInfo& info) {
     info.virtual_size = h.size;
     info.cluster_size = uint32_t(h.cluster_size);
     info.backing_file = h.backing_file;
+    if (h.crypt_method == 1) info.encryption = "aes";
+    if (h.crypt_method == 2) info.encryption = "luks";
+    info.data_file = h.data_file;
+    info.incompatible_features.clear();
+    static constexpr const char* kIncompatNames[] = {"dirty", "corrupt", "data_file",
+                                                     "compression_type", "extended_l2"};
+    for (unsigned bit = 0; bit < sizeof kIncompatNames / sizeof kIncompatNames[0]; ++bit)
+        if (h.incompatible & (uint64_t(1) << bit))
+            info.incompatible_features.push_back(kIncompatNames[bit]);
     info.backing_format.reset();
     if (h.backing_file && h.backing_format) {
         info.backing_format = backing_format_from_name(*h.backing_format);

@@ -12,8 +12,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
+import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -29,6 +32,7 @@ from agent_swarm.errors import (
     ProjectNotFound,
     RegistryError,
 )
+from agent_swarm.fsutil import file_lock
 from agent_swarm.models import BaseImage, EnvVarRecord, Generation, JournalEntry, Project, Task
 from agent_swarm.names import validate_env_name, validate_name
 
@@ -51,6 +55,191 @@ def _migrations() -> list[tuple[int, str, str]]:
 SCHEMA_VERSION = len(_migrations())
 
 
+def _user_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _enable_wal(conn: sqlite3.Connection, path: Path) -> None:
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode.lower() != "wal":
+        raise RegistryError(f"cannot switch {path} to WAL mode (got {mode})")
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    current = _user_version(conn)
+    if current > SCHEMA_VERSION:
+        raise RegistryError(
+            f"the registry {path} has schema version {current}, newer than this "
+            f"agent-swarm understands ({SCHEMA_VERSION})",
+            hint="upgrade agent-swarm (pip install -U agent-swarm)",
+        )
+    for num, name, sql in _migrations():
+        if num <= current:
+            continue
+        try:
+            # executescript runs the whole migration and the version bump as one
+            # transaction; on failure it is rolled back below.
+            conn.executescript(f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {num};\nCOMMIT;")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            # Another process may have migrated concurrently; re-check before failing.
+            with contextlib.suppress(sqlite3.Error):
+                if _user_version(conn) >= num:
+                    continue
+            raise _db_error(exc, path, f"apply migration {name} to") from exc
+
+
+# ---- failures: say what is wrong, and never call a healthy registry corrupt ----
+
+# SQLite primary result codes (the low byte of an extended code)
+_SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
+_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN = 10, 11, 13, 14
+_SQLITE_AUTH, _SQLITE_FORMAT, _SQLITE_NOTADB = 23, 24, 26
+
+
+def _sidecar(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
+
+
+def _mount_point(path: Path) -> Path:
+    p = path.resolve()
+    while not os.path.ismount(p) and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _fs_full(directory: Path) -> bool:
+    """Less than 1 MiB (or no inode) left for us on the filesystem of ``directory``."""
+    try:
+        st = os.statvfs(directory)
+    except (OSError, AttributeError):
+        return False
+    free = st.f_bfree if hasattr(os, "geteuid") and os.geteuid() == 0 else st.f_bavail
+    return free * st.f_frsize < (1 << 20) or (st.f_files > 0 and st.f_favail == 0)
+
+
+def _full_error(path: Path, doing: str, detail: str) -> RegistryError:
+    mount = _mount_point(path.parent)
+    return RegistryError(
+        f"cannot {doing} the registry {path}: the filesystem is full ({detail})",
+        hint=f"free some space on {mount} (see `df -h {mount}`); nothing was committed to "
+        "the registry",
+    )
+
+
+def _access_hint(path: Path) -> str:
+    return (
+        f"check the ownership and permissions of {path.parent} and of {path.name} (and its "
+        "-wal/-shm files), and that the filesystem is not mounted read-only"
+    )
+
+
+def _db_error(exc: sqlite3.Error, path: Path, doing: str) -> RegistryError:
+    """The RegistryError for an SQLite failure, by its result code (not every DatabaseError
+    means corruption: a full disk or a permission problem leaves a healthy database)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    if primary == _SQLITE_FULL or (
+        primary in (_SQLITE_IOERR, _SQLITE_CANTOPEN) and _fs_full(path.parent)
+    ):
+        return _full_error(path, doing, str(exc))
+    if primary in (_SQLITE_READONLY, _SQLITE_PERM, _SQLITE_AUTH, _SQLITE_CANTOPEN):
+        return RegistryError(
+            f"cannot {doing} the registry {path}: {exc} ({name})", hint=_access_hint(path)
+        )
+    if primary == _SQLITE_IOERR:
+        return RegistryError(
+            f"cannot {doing} the registry {path}: {exc} ({name})",
+            hint="check the disk and the kernel log (dmesg); the registry file itself may be "
+            "fine, so keep it",
+        )
+    if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return RegistryError(
+            f"cannot {doing} the registry {path}: {exc}",
+            hint="another agent-swarm process may hold the registry; try again",
+        )
+    if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB, _SQLITE_FORMAT):
+        return RegistryError(
+            f"the registry {path} is unreadable: {exc}",
+            hint="restore it from a backup, or move it away to start afresh",
+        )
+    return RegistryError(
+        f"cannot {doing} the registry {path}: {exc}",
+        hint="run with --debug for details, and report it if the cause is not clear",
+    )
+
+
+def _os_error(exc: OSError, path: Path, doing: str) -> RegistryError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return _full_error(path, doing, exc.strerror or str(exc))
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return RegistryError(
+            f"cannot {doing} the registry {path}: {exc.strerror}", hint=_access_hint(path)
+        )
+    return RegistryError(
+        f"cannot {doing} the registry {path}: {exc.strerror or exc}",
+        hint="check that AGENT_SWARM_HOME points to a writable directory",
+    )
+
+
+def _user_name(uid: int) -> str:
+    try:
+        import pwd
+
+        return f" ({pwd.getpwuid(uid).pw_name})"
+    except (ImportError, KeyError):
+        return ""
+
+
+def _check_owner(path: Path) -> None:
+    """Refuse a state directory or registry of another user, before touching anything.
+
+    Without this another user's registry ends in an internal error (chmod fails), or, as
+    root, it "works" and leaves root-owned -wal/-shm files that lock its owner out.
+    """
+    if not hasattr(os, "geteuid"):  # pragma: no cover - Windows
+        return
+    me = os.geteuid()
+    for p in (path.parent, path, _sidecar(path, "-wal"), _sidecar(path, "-shm")):
+        try:
+            uid = p.stat().st_uid
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise _os_error(exc, path, "inspect") from exc
+        if uid != me:
+            also = "; as root, agent-swarm would leave root-owned files there" if me == 0 else ""
+            what = "the state directory " if p == path.parent else ""
+            raise RegistryError(
+                f"{what}{p} is owned by uid {uid}{_user_name(uid)}, but you are uid {me}"
+                f"{_user_name(me)}",
+                hint="run agent-swarm as its owner, or set AGENT_SWARM_HOME to a state "
+                f"directory of your own{also}",
+            )
+
+
+def _check_not_empty(path: Path) -> None:
+    """A 0-byte registry.db is never ours (new ones are renamed into place complete): it was
+    truncated or replaced. Opening it would silently forget every VM, so refuse."""
+    if path.stat().st_size > 0:
+        return
+    home = path.parent
+    vms = 0
+    for sub in ("projects", "tasks"):
+        with contextlib.suppress(OSError):
+            vms += sum(1 for e in (home / sub).iterdir() if e.is_dir())
+    found = f" although {home} has {vms} VM director{'y' if vms == 1 else 'ies'}" if vms else ""
+    raise RegistryError(
+        f"the registry {path} is empty (0 bytes){found}: it was truncated or replaced "
+        "(agent-swarm never leaves it empty)",
+        hint="restore registry.db from a backup; only if this state directory never held "
+        "VMs, delete the empty file to start afresh",
+    )
+
+
 class Registry:
     """One connection to the registry database. Not shared between threads."""
 
@@ -58,30 +247,72 @@ class Registry:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _os_error(exc, self.path, "create the directory of") from exc
+        _check_owner(self.path)
+        try:
+            if not self.path.exists():
+                self._create()
+            _check_not_empty(self.path)
+            # mode=rw: never let SQLite create (an empty) registry.db itself
             self._conn = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
+                f"file:{urllib.parse.quote(str(self.path))}?mode=rw",
+                uri=True,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
             )
-        except (OSError, sqlite3.Error) as exc:
-            raise RegistryError(
-                f"cannot open the registry {self.path}: {exc}",
-                hint="check that AGENT_SWARM_HOME points to a writable directory",
-            ) from exc
+        except sqlite3.Error as exc:
+            raise _db_error(exc, self.path, "open") from exc
+        except OSError as exc:
+            raise _os_error(exc, self.path, "open") from exc
         self._conn.row_factory = sqlite3.Row
         try:
-            os.chmod(self.path, 0o600)
+            os.chmod(self.path, 0o600)  # ours: _check_owner said so
             self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                raise RegistryError(f"cannot switch {self.path} to WAL mode (got {mode})")
+            _enable_wal(self._conn, self.path)
             self._conn.execute("PRAGMA foreign_keys = ON")
             self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._migrate()
-        except sqlite3.DatabaseError as exc:
+            _migrate(self._conn, self.path)
+        except BaseException as exc:
             self._conn.close()
-            raise RegistryError(
-                f"the registry {self.path} is unreadable: {exc}",
-                hint="restore it from a backup, or move it away to start afresh",
-            ) from exc
+            if isinstance(exc, sqlite3.Error):
+                raise _db_error(exc, self.path, "open") from exc
+            if isinstance(exc, OSError):
+                raise _os_error(exc, self.path, "open") from exc
+            raise
+
+    def _create(self) -> None:
+        """A brand-new registry, built under a temporary name and renamed into place.
+
+        So ``registry.db`` is never seen empty or half-initialised, and an empty one is never
+        ours (see :func:`_check_not_empty`). The lock makes concurrent first commands build it
+        once; a failure (a full disk) leaves nothing behind.
+        """
+        d = self.path.parent
+        with file_lock(d / f".{self.path.name}.lock"):
+            if self.path.exists():
+                return  # another process created it meanwhile
+            wal = _sidecar(self.path, "-wal")
+            if wal.exists() and wal.stat().st_size > 0:
+                raise RegistryError(
+                    f"the registry {self.path} is missing but its write-ahead log {wal} is "
+                    "not: a new registry would replay someone else's changes",
+                    hint=f"restore {self.path.name} from a backup, or move {wal.name} away too "
+                    "to start afresh",
+                )
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".new", dir=d)
+            os.close(fd)  # 0600 from mkstemp; SQLite gives its -wal/-shm the same mode
+            try:
+                conn = sqlite3.connect(tmp, isolation_level=None)
+                try:
+                    _enable_wal(conn, self.path)
+                    _migrate(conn, self.path)
+                finally:
+                    conn.close()  # checkpoints and removes the temporary -wal/-shm
+                os.replace(tmp, self.path)
+            finally:
+                for leftover in (tmp, f"{tmp}-wal", f"{tmp}-shm", f"{tmp}-journal"):
+                    Path(leftover).unlink(missing_ok=True)
 
     # ---- lifecycle ----
     def close(self) -> None:
@@ -95,32 +326,7 @@ class Registry:
 
     @property
     def schema_version(self) -> int:
-        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
-
-    def _migrate(self) -> None:
-        current = self.schema_version
-        if current > SCHEMA_VERSION:
-            raise RegistryError(
-                f"the registry {self.path} has schema version {current}, newer than this "
-                f"agent-swarm understands ({SCHEMA_VERSION})",
-                hint="upgrade agent-swarm (pip install -U agent-swarm)",
-            )
-        for num, name, sql in _migrations():
-            if num <= current:
-                continue
-            try:
-                # executescript runs the whole migration and the version bump as one
-                # transaction; on failure it is rolled back below.
-                self._conn.executescript(
-                    f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {num};\nCOMMIT;"
-                )
-            except sqlite3.Error as exc:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                # Another process may have migrated concurrently; re-check before failing.
-                if self.schema_version >= num:
-                    continue
-                raise RegistryError(f"migration {name} failed: {exc}") from exc
+        return _user_version(self._conn)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -143,14 +349,7 @@ class Registry:
             if self._conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     self._conn.execute("ROLLBACK")
-            hint = (
-                f"free some space on the filesystem of {self.path.parent}"
-                if "full" in str(exc)
-                else "another agent-swarm process may hold the registry; try again"
-            )
-            raise RegistryError(
-                f"cannot update the registry {self.path}: {exc}", hint=hint
-            ) from exc
+            raise _db_error(exc, self.path, "update") from exc
 
     def _one(self, sql: str, args: tuple[Any, ...]) -> sqlite3.Row | None:
         row: sqlite3.Row | None = self._conn.execute(sql, args).fetchone()
@@ -223,6 +422,7 @@ class Registry:
         disk_gib: int,
         network: str = "user",
         host_key: str = "",
+        host_access: bool = False,
     ) -> Project:
         validate_name(name, "project name")
         try:
@@ -230,8 +430,18 @@ class Registry:
                 self.get_base_image(base_image)
                 c.execute(
                     "INSERT INTO projects (name, base_image, provider, cpus, memory_mib, "
-                    "disk_gib, network, host_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (name, base_image, provider, cpus, memory_mib, disk_gib, network, host_key),
+                    "disk_gib, network, host_key, host_access) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        name,
+                        base_image,
+                        provider,
+                        cpus,
+                        memory_mib,
+                        disk_gib,
+                        network,
+                        host_key,
+                        int(host_access),
+                    ),
                 )
         except sqlite3.IntegrityError as exc:
             if self._one("SELECT 1 FROM projects WHERE name = ?", (name,)):
@@ -250,11 +460,11 @@ class Registry:
                 hint="see `agent-swarm project list`, or create it with "
                 "`agent-swarm project create`",
             )
-        return Project(**dict(row))
+        return _project(row)
 
     def list_projects(self) -> list[Project]:
         rows = self._conn.execute("SELECT * FROM projects ORDER BY name").fetchall()
-        return [Project(**dict(r)) for r in rows]
+        return [_project(r) for r in rows]
 
     def remove_project(self, name: str) -> None:
         with self.transaction() as c:
@@ -319,6 +529,7 @@ class Registry:
         memory_mib: int,
         network: str = "user",
         host_key: str = "",
+        host_access: bool = False,
     ) -> Task:
         """Register a task on the project's newest template generation."""
         validate_name(name, "task name")
@@ -333,8 +544,18 @@ class Registry:
                     )
                 c.execute(
                     "INSERT INTO tasks (name, project, generation, provider, cpus, memory_mib,"
-                    " network, host_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (name, project, gen.generation, provider, cpus, memory_mib, network, host_key),
+                    " network, host_key, host_access) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        name,
+                        project,
+                        gen.generation,
+                        provider,
+                        cpus,
+                        memory_mib,
+                        network,
+                        host_key,
+                        int(host_access),
+                    ),
                 )
         except sqlite3.IntegrityError as exc:
             if self._one("SELECT 1 FROM tasks WHERE name = ?", (name,)):
@@ -351,7 +572,7 @@ class Registry:
             raise InstanceNotFound(
                 f"no task named {name!r}", hint="see `agent-swarm list` for the tasks there are"
             )
-        return Task(**dict(row))
+        return _task(row)
 
     def list_tasks(self, project: str | None = None) -> list[Task]:
         if project is None:
@@ -360,7 +581,7 @@ class Registry:
             rows = self._conn.execute(
                 "SELECT * FROM tasks WHERE project = ? ORDER BY name", (project,)
             ).fetchall()
-        return [Task(**dict(r)) for r in rows]
+        return [_task(r) for r in rows]
 
     def remove_task(self, name: str) -> None:
         with self.transaction() as c:
@@ -529,6 +750,18 @@ class Registry:
             cur = c.execute("DELETE FROM env_vars WHERE scope = ? AND name = ?", (scope, name))
             if cur.rowcount == 0:
                 raise _env_not_found(scope, name)
+
+
+def _project(row: sqlite3.Row) -> Project:
+    d = dict(row)
+    d["host_access"] = bool(d["host_access"])
+    return Project(**d)
+
+
+def _task(row: sqlite3.Row) -> Task:
+    d = dict(row)
+    d["host_access"] = bool(d["host_access"])
+    return Task(**d)
 
 
 def _busy(e: JournalEntry) -> Busy:

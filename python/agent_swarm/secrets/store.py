@@ -163,7 +163,7 @@ class EnvStore:
 
     def remove(self, name: str, project: str | None = None) -> None:
         """Remove one variable (:class:`EnvVarNotFound` if it does not exist there)."""
-        validate_env_name(name)
+        validate_env_name(name, reserved_ok=True)
         self.registry.remove_env_var(_scope_of(project), name)
 
     def list(self, project: str | None = None) -> builtins.list[EnvVarInfo]:

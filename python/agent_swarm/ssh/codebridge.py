@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -24,11 +25,14 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
+log = logging.getLogger(__name__)
+
 GUEST_DIR = "/home/worker/.agent-swarm"
 GUEST_SOCKET = f"{GUEST_DIR}/code.sock"
 GUEST_SCRIPT_PATH = "/usr/local/bin/code"
 MAX_REQUEST = 64 * 1024
 MAX_PATHS = 16
+MAX_DEPTH = 3  # {"open": [{...}]}: a request is never nested deeper
 MAX_CONNECTIONS = 4  # at once; more are closed unanswered (a guest cannot flood the host)
 REQUEST_DEADLINE = 30.0  # seconds for a whole request, however slowly it trickles in
 
@@ -76,12 +80,74 @@ def code_executable() -> str | None:
 
 
 def _valid_path(p: Any) -> bool:
-    return (
-        isinstance(p, str)
-        and p.startswith("/")
-        and 0 < len(p) <= 4096
-        and not any(c in p for c in "\x00\n\r")
-    )
+    if not (isinstance(p, str) and p.startswith("/") and 0 < len(p) <= 4096):
+        return False
+    if any(c in p for c in "\x00\n\r"):
+        return False
+    try:
+        p.encode("utf-8")  # a lone surrogate ("\ud800" in the JSON) cannot go into a URI
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _no_numbers(text: str) -> Any:
+    raise ValueError("a request holds no numbers")
+
+
+def _depth_within(text: str, limit: int) -> bool:
+    """Is every [ and { (outside strings) nested at most ``limit`` deep? Checked before
+    json.loads, whose recursion a deeply nested request would exhaust."""
+    depth = 0
+    in_string = escaped = False
+    for c in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c in "[{":
+            depth += 1
+            if depth > limit:
+                return False
+        elif c in "]}":
+            depth -= 1
+    return True
+
+
+def parse_request(raw: bytes) -> list[tuple[str, bool]]:
+    """The ``(path, is_dir)`` pairs of one request, ``{"open": [{"path": str, "dir": bool},
+    ...]}`` and nothing else; raises ValueError for anything else (explicit checks, not
+    ``assert``, which ``python -O`` removes)."""
+    if len(raw) > MAX_REQUEST:
+        raise ValueError("request too large")
+    text = raw.decode("utf-8")  # UnicodeDecodeError is a ValueError
+    if not _depth_within(text, MAX_DEPTH):
+        raise ValueError("nested too deeply")
+    try:
+        req = json.loads(
+            text, parse_int=_no_numbers, parse_float=_no_numbers, parse_constant=_no_numbers
+        )
+    except RecursionError:  # not reached after the depth check; kept as a backstop
+        raise ValueError("nested too deeply") from None
+    if not isinstance(req, dict) or set(req) != {"open"}:
+        raise ValueError("not a request")
+    items = req["open"]
+    if not isinstance(items, list) or not 0 < len(items) <= MAX_PATHS:
+        raise ValueError("bad list of paths")
+    out = []
+    for it in items:
+        if not isinstance(it, dict) or set(it) != {"path", "dir"}:
+            raise ValueError("bad item")
+        path, is_dir = it["path"], it["dir"]
+        if not _valid_path(path) or not isinstance(is_dir, bool):
+            raise ValueError("bad item")
+        out.append((path, is_dir))
+    return out
 
 
 def code_argv(exe: str, alias: str, path: str, *, is_dir: bool) -> list[str]:
@@ -137,7 +203,11 @@ class CodeBridge:
                         break
                     buf += chunk
                 with self._run_lock:
-                    reply = self.handle_request(buf)
+                    try:
+                        reply = self.handle_request(buf)
+                    except Exception:  # a guest must never crash or print on the host
+                        log.debug("code bridge: request failed", exc_info=True)
+                        reply = {"ok": False, "error": "internal error on the host"}
                 conn.settimeout(10)
                 conn.sendall((json.dumps(reply) + "\n").encode())
         finally:
@@ -148,11 +218,8 @@ class CodeBridge:
         if len(raw) > MAX_REQUEST:
             return {"ok": False, "error": "request too large"}
         try:
-            req = json.loads(raw.decode())
-            items = req["open"]
-            assert isinstance(items, list) and 0 < len(items) <= MAX_PATHS
-            assert all(isinstance(it, dict) and _valid_path(it.get("path")) for it in items)
-        except (ValueError, KeyError, TypeError, AssertionError, UnicodeDecodeError):
+            items = parse_request(raw)
+        except ValueError:
             return {"ok": False, "error": "malformed request"}
         exe = code_executable()
         if exe is None:
@@ -161,8 +228,8 @@ class CodeBridge:
                 "error": "VS Code's `code` command is not on the host's PATH "
                 "(set AGENT_SWARM_VSCODE to use another one, e.g. codium)",
             }
-        for it in items:
-            argv = code_argv(exe, self.alias, it["path"], is_dir=bool(it.get("dir")))
+        for path, is_dir in items:
+            argv = code_argv(exe, self.alias, path, is_dir=is_dir)
             try:
                 r = subprocess.run(
                     argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=60, check=False

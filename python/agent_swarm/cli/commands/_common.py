@@ -103,10 +103,18 @@ def exec_in_vm(kind: str, name: str, command: tuple[str, ...], *, tty: bool = Fa
         client.close()
 
 
-def ssh_into_vm(kind: str, name: str, command: tuple[str, ...] = (), *, tty: bool = False) -> int:
-    """OpenSSH session on the generated config (pinned host key, agent forwarding), with the
-    VM's env vars injected (never in a command line) and the guest's `code` command
-    forwarded to the host's VS Code. Interactive unless COMMAND is given."""
+def ssh_into_vm(
+    kind: str,
+    name: str,
+    command: tuple[str, ...] = (),
+    *,
+    tty: bool = False,
+    forward_agent: bool = False,
+) -> int:
+    """OpenSSH session on the generated config (pinned host key), with the VM's env vars
+    injected (never in a command line) and the guest's `code` command forwarded to the
+    host's VS Code. Interactive unless COMMAND is given. ``forward_agent``: forward the
+    user's ssh-agent for this session (``-A``), whatever config.toml says."""
     import contextlib
     import shlex
     import subprocess
@@ -138,7 +146,8 @@ def ssh_into_vm(kind: str, name: str, command: tuple[str, ...] = (), *, tty: boo
     if remote is not None:
         remote = envinject.wrap(remote, env_file)
     with codebridge.CodeBridge(config.alias(kind, name)) as bridge:
-        argv = ssh_argv(kind, name, tty=tty or not command, extra=bridge.forward_args())
+        extra = [*(["-A"] if forward_agent else []), *bridge.forward_args()]
+        argv = ssh_argv(kind, name, tty=tty or not command, extra=extra)
         return subprocess.call(argv + ([remote] if remote else []))
 
 

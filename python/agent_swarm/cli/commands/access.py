@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import click
 
-from agent_swarm.cli.commands._common import TASK, exec_in_vm, open_code, ssh_into_vm
+from agent_swarm.cli.commands._common import TASK, Size, exec_in_vm, open_code, ssh_into_vm
 from agent_swarm.cli.context import obj
 
 
@@ -10,8 +10,15 @@ from agent_swarm.cli.context import obj
 @click.argument("task", type=TASK)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.option("-t", "--tty", is_flag=True, help="Force a TTY when a COMMAND is given.")
-def ssh(task: str, command: tuple[str, ...], tty: bool) -> None:
-    """SSH session in a task VM (OpenSSH, agent forwarding, env vars injected).
+@click.option(
+    "-A",
+    "--forward-agent",
+    is_flag=True,
+    help="Forward your ssh-agent for this session: processes in the VM can then use (not "
+    "read) your keys while it is open. Off by default; [ssh] forward_agent in config.toml.",
+)
+def ssh(task: str, command: tuple[str, ...], tty: bool, forward_agent: bool) -> None:
+    """SSH session in a task VM (OpenSSH, host key pinned, env vars injected).
 
     Interactive unless a COMMAND is given. In the session, `code PATH` opens PATH in this
     host's VS Code.
@@ -20,7 +27,7 @@ def ssh(task: str, command: tuple[str, ...], tty: bool) -> None:
     Examples: agent-swarm ssh fix-login
               agent-swarm ssh fix-login -- git status
     """
-    raise SystemExit(ssh_into_vm("task", task, command, tty=tty))
+    raise SystemExit(ssh_into_vm("task", task, command, tty=tty, forward_agent=forward_agent))
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -48,13 +55,46 @@ def code(task: str, path: str | None) -> None:
 @click.argument("src")
 @click.argument("dst")
 @click.option("-r", "--recursive", is_flag=True, help="Copy directories recursively.")
-def cp(src: str, dst: str, recursive: bool) -> None:
-    """Copy files between the host and a VM (SFTP; modes kept; never a partial file).
+@click.option(
+    "-p",
+    "--preserve",
+    is_flag=True,
+    help="Keep permission bits as they are (default: minus your umask). "
+    "Setuid, setgid and sticky bits are never copied.",
+)
+@click.option(
+    "-L",
+    "--dereference",
+    is_flag=True,
+    help="Uploads: follow symlinks inside SRC (each directory copied once, loops skipped). "
+    "Default: copy them as symlinks.",
+)
+@click.option(
+    "--max-size",
+    type=Size("m"),
+    default=None,
+    metavar="SIZE",
+    help="Downloads: stop before copying more than SIZE in total (e.g. 20G).",
+)
+def cp(
+    src: str, dst: str, recursive: bool, preserve: bool, dereference: bool, max_size: int | None
+) -> None:
+    """Copy files between the host and a VM (SFTP; never a partial file).
 
     \b
     agent-swarm cp ./file TASK:/path
     agent-swarm cp -r TASK:/home/worker/project ./out
     A project VM is addressed the same way, by its name.
+
+    Modes: permission bits only, minus your umask unless -p. The SRC you name is followed if
+    it is a symlink. Uploads with -r copy symlinks as symlinks (-L: follow them); fifos,
+    sockets and devices are skipped with a notice.
+
+    Downloads trust nothing the VM sends: names must be plain file names, symlinks and
+    special files in the VM are skipped with a notice, nothing is written through a symlink
+    on the host, and the copy stops at 1,000,000 entries, 256 directory levels, a file that
+    sends more than its announced size, before the destination would have less than 1 GiB
+    free, and past --max-size.
     """
     from pathlib import Path
 
@@ -65,19 +105,42 @@ def cp(src: str, dst: str, recursive: bool) -> None:
     d_vm, d_path = _split(dst)
     if (s_vm is None) == (d_vm is None):
         raise click.UsageError("exactly one of SRC and DST must be NAME:/path (a VM path)")
+    if d_vm is None and dereference:
+        raise click.UsageError("-L applies to uploads: symlinks in a VM are never followed")
+    if d_vm is not None and max_size is not None:
+        raise click.UsageError("--max-size applies to downloads (copies out of a VM)")
     vm = s_vm or d_vm
     assert vm is not None
     kind = app.swarm.kind_of(vm)
+
+    def notice(message: str) -> None:
+        app.progress.done()
+        app.info(message)
+
     client = app.swarm.connect(kind, vm)
     try:
         sftp = client.open_sftp()
         if d_vm is not None:
             n = transfer.upload(
-                sftp, Path(s_path), d_path or ".", recursive=recursive, progress=app.progress
+                sftp,
+                Path(s_path),
+                d_path or ".",
+                recursive=recursive,
+                progress=app.progress,
+                notice=notice,
+                preserve=preserve,
+                dereference=dereference,
             )
         else:
             n = transfer.download(
-                sftp, s_path, Path(d_path), recursive=recursive, progress=app.progress
+                sftp,
+                s_path,
+                Path(d_path),
+                recursive=recursive,
+                progress=app.progress,
+                notice=notice,
+                preserve=preserve,
+                max_size=max_size,
             )
     finally:
         client.close()

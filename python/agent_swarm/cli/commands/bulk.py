@@ -49,6 +49,13 @@ def _finish(results: list[Any], verb: str) -> None:
 )
 @click.option("--cpus", type=click.IntRange(1, 256), help="vCPUs each (default: the project's).")
 @click.option("--memory", type=Size("m"), help="RAM each, e.g. 2G (default: the project's).")
+@click.option(
+    "--host-access/--no-host-access",
+    default=None,
+    help="Let the VMs reach this host's loopback services (and so other VMs' SSH ports) "
+    "through its gateway. Default: the project's setting (isolated unless it was created "
+    "with --host-access).",
+)
 @click.option("--no-wait", is_flag=True, help="Return once the VMs are booting.")
 @click.option("--no-start", is_flag=True, help="Only create them (disk, seed, VM); do not boot.")
 @click.option("--force", is_flag=True, help="Create even if the host would be oversubscribed.")
@@ -58,6 +65,7 @@ def create(
     parallel: int | None,
     cpus: int | None,
     memory: int | None,
+    host_access: bool | None,
     no_wait: bool,
     no_start: bool,
     force: bool,
@@ -101,6 +109,7 @@ def create(
                 name,
                 cpus=cpus,
                 memory_mib=memory_mib,
+                host_access=host_access,
                 wait=not no_wait,
                 start=start,
                 check_capacity=False,  # checked above for all of them

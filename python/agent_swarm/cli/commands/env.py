@@ -22,6 +22,14 @@ def _env_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
         raise click.BadParameter(f"{exc.message}: {exc.hint}") from None
 
 
+def _env_name_any(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """For `rm`: a name the shell owns, stored by an older version, can still be removed."""
+    try:
+        return validate_env_name(value, reserved_ok=True)
+    except InvalidName as exc:
+        raise click.BadParameter(f"{exc.message}: {exc.hint}") from None
+
+
 def _store() -> EnvStore:
     from agent_swarm.secrets import EnvStore
 
@@ -117,7 +125,7 @@ def list_(project: str | None, check: bool) -> None:
 
 
 @env.command("rm")
-@click.argument("key", callback=_env_name)
+@click.argument("key", callback=_env_name_any)
 @click.option("--project", type=PROJECT, help="Remove the per-project override.")
 def rm(key: str, project: str | None) -> None:
     """Remove KEY."""

@@ -38,6 +38,13 @@ def project() -> None:
     help="user: private user-mode network, SSH on a loopback port; nat: libvirt's default "
     "network (address from DHCP).",
 )
+@click.option(
+    "--host-access/--no-host-access",
+    default=None,
+    help="Let the VM reach this host's loopback services (and so other VMs' SSH ports) "
+    "through its gateway. Default: isolated (outside world only), or [network] host_access / "
+    "[project.NAME] host_access in config.toml.",
+)
 @click.option("--no-wait", is_flag=True, help="Return once the VM is booting.")
 @click.option("--no-start", is_flag=True, help="Only create it (disk, seed, VM); do not boot.")
 @click.option("--force", is_flag=True, help="Boot even if the host would be oversubscribed.")
@@ -48,6 +55,7 @@ def create(
     memory: int,
     disk: int,
     network: str,
+    host_access: bool | None,
     no_wait: bool,
     no_start: bool,
     force: bool,
@@ -65,6 +73,7 @@ def create(
         memory_mib=memory >> 20,
         disk_gib=max(1, disk >> 30),
         network=network,
+        host_access=host_access,
         wait=not no_wait,
         start=not no_start,
         force=force,
@@ -118,7 +127,14 @@ def _size(n: int | None) -> str:
 @click.argument("name", type=PROJECT)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.option("-t", "--tty", is_flag=True, help="Force a TTY when a COMMAND is given.")
-def ssh(name: str, command: tuple[str, ...], tty: bool) -> None:
+@click.option(
+    "-A",
+    "--forward-agent",
+    is_flag=True,
+    help="Forward your ssh-agent for this session: processes in the VM can then use (not "
+    "read) your keys while it is open. Off by default; [ssh] forward_agent in config.toml.",
+)
+def ssh(name: str, command: tuple[str, ...], tty: bool, forward_agent: bool) -> None:
     """SSH session in a project VM (starts it if stopped); interactive unless COMMAND.
 
     In the session, `code PATH` opens PATH in this host's VS Code.
@@ -129,7 +145,7 @@ def ssh(name: str, command: tuple[str, ...], tty: bool) -> None:
     p = app.registry.get_project(name)
     if app.swarm.provider.status(app.swarm.project_spec(p))[0] is not InstanceState.RUNNING:
         app.swarm.project_start(name)
-    raise SystemExit(ssh_into_vm("project", name, command, tty=tty))
+    raise SystemExit(ssh_into_vm("project", name, command, tty=tty, forward_agent=forward_agent))
 
 
 @project.command("start")

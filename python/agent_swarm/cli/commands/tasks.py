@@ -14,6 +14,13 @@ from agent_swarm.cli.context import obj, table
 @click.argument("task", type=TASK)
 @click.option("--cpus", type=click.IntRange(1, 256), help="vCPUs (default: the project's).")
 @click.option("--memory", type=Size("m"), help="RAM, e.g. 4G (default: the project's).")
+@click.option(
+    "--host-access/--no-host-access",
+    default=None,
+    help="Let the VM reach this host's loopback services (and so other VMs' SSH ports) "
+    "through its gateway. Default: the project's setting (isolated unless it was created "
+    "with --host-access).",
+)
 @click.option("--no-wait", is_flag=True, help="Return once the VM is booting.")
 @click.option("--no-start", is_flag=True, help="Only create it (disk, seed, VM); do not boot.")
 @click.option("--force", is_flag=True, help="Boot even if the host would be oversubscribed.")
@@ -22,6 +29,7 @@ def create(
     task: str,
     cpus: int | None,
     memory: int | None,
+    host_access: bool | None,
     no_wait: bool,
     no_start: bool,
     force: bool,
@@ -33,6 +41,7 @@ def create(
         task,
         cpus=cpus,
         memory_mib=(memory >> 20) if memory else None,
+        host_access=host_access,
         wait=not no_wait,
         start=not no_start,
         force=force,

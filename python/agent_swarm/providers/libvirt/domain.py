@@ -45,8 +45,10 @@ def domain_xml(spec: VMSpec, *, domain_name: str, accel: str, home: str) -> str:
         )
         cmdline = ""
     else:
+        from agent_swarm.providers.libvirt import net
+
         nic = ""
-        netdev = f"user,id={NIC_ID},hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22"
+        netdev = net.qemu_netdev(spec, NIC_ID)
         device = f"virtio-net-pci,netdev={NIC_ID},mac={mac},bus=pcie.0,addr=0x10"
         cmdline = (
             "<qemu:commandline>"

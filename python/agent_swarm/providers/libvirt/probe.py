@@ -46,6 +46,18 @@ def probe() -> ProbeResult:
             hint=None if qemu else "apt install qemu-system-x86 (or qemu-system-arm on arm64)",
         )
     )
+    passt = shutil.which("passt")
+    checks.append(
+        Check(
+            "passt",
+            passt is not None,
+            f"{passt}: VMs get an isolated network (no access to this host's loopback)"
+            if passt
+            else "passt is not installed: only VMs created with --host-access can run",
+            hint=None if passt else "apt install passt (Fedora: dnf install passt)",
+            required=False,
+        )
+    )
     sock = next((s for s in LIBVIRT_SOCKETS if os.path.exists(s)), None)
     up = sock is not None and unix_socket_accepts(sock)
     checks.append(

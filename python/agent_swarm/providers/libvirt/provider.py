@@ -18,6 +18,7 @@ from agent_swarm.errors import InvalidState, ProviderError, ProviderUnavailable,
 from agent_swarm.models import InstanceState, SSHEndpoint, VMSpec
 from agent_swarm.providers.base import Capabilities, Provider, ProviderInfo
 from agent_swarm.providers.libvirt import accel as accel_mod
+from agent_swarm.providers.libvirt import net
 from agent_swarm.providers.libvirt.domain import domain_xml
 
 log = logging.getLogger(__name__)
@@ -176,10 +177,39 @@ class LibvirtProvider(Provider):
     def start(self, spec: VMSpec) -> None:
         dom = self._dom(spec)
         if not bounded("reading the VM state", dom.isActive):
+            if net.isolated(spec):
+                net.require_passt()  # before QEMU starts: no VM without its network
             bounded(f"starting {spec.kind} {spec.name!r}", dom.create)
+            self._attach_network(spec, dom)
+        elif net.isolated(spec) and net.running_pid(spec) is None:
+            self._attach_network(spec, dom)  # running, but its passt died: a new one
+
+    def _attach_network(self, spec: VMSpec, dom: libvirt.virDomain) -> None:
+        """Give a just-started isolated VM its network; power it off again if that fails."""
+        if not net.isolated(spec):
+            return
+        try:
+            net.attach(spec)
+        except BaseException:
+            with suppress(libvirt.libvirtError):
+                dom.destroy()
+            raise
 
     def stop(self, spec: VMSpec, *, force: bool = False, timeout: float = 90) -> None:
         """ACPI shutdown, then power off after ``timeout`` seconds (at once with ``force``)."""
+        try:
+            self._stop(spec, force=force, timeout=timeout)
+        finally:
+            with suppress(ProviderError, InvalidState):
+                if not self._is_active(spec):
+                    net.stop(spec)  # normally gone already (--one-off): QEMU closed the socket
+
+    def _is_active(self, spec: VMSpec) -> bool:
+        dom = self._lookup(self.domain_name(spec))
+        with self._errors("reading the VM state"):
+            return dom is not None and bool(dom.isActive())
+
+    def _stop(self, spec: VMSpec, *, force: bool, timeout: float) -> None:
         dom = self._dom(spec)
         with self._errors(f"stopping {spec.kind} {spec.name!r}"):
             if not dom.isActive():
@@ -203,6 +233,7 @@ class LibvirtProvider(Provider):
         """Power off and undefine (with checkpoints); "already gone" is success."""
         dom = self._lookup(self.domain_name(spec))
         if dom is None:
+            net.stop(spec)
             return
         with self._errors(f"deleting the VM of {spec.kind} {spec.name!r}"):
             if dom.isActive():
@@ -225,6 +256,7 @@ class LibvirtProvider(Provider):
                     and cause.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN
                 ):
                     raise
+        net.stop(spec)
 
     def status(self, spec: VMSpec) -> tuple[InstanceState, str | None]:
         try:
@@ -312,6 +344,9 @@ class LibvirtProvider(Provider):
         dom = self._dom(spec)
         with self._errors(f"restoring {spec.name!r} to {tag!r}"):
             snap = dom.snapshotLookupByName(tag)
+            active = bool(dom.isActive())
+        # Reverting a powered-off VM to a checkpoint taken while it ran starts a new QEMU,
+        # which needs its network; a running VM keeps its QEMU (loadvm) and its passt.
         bounded(
             f"restoring {spec.name!r} to {tag!r}",
             dom.revertToSnapshot,
@@ -319,6 +354,10 @@ class LibvirtProvider(Provider):
             libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_FORCE,
             timeout=SNAPSHOT_TIMEOUT,
         )
+        if not self._is_active(spec):
+            net.stop(spec)
+        elif not active or net.running_pid(spec) is None:
+            self._attach_network(spec, dom)  # a new QEMU (or a passt that is gone)
 
     def list_checkpoints(self, spec: VMSpec) -> list[dict[str, Any]]:
         dom = self._dom(spec)
