@@ -192,6 +192,8 @@ class Doctor:
             return not spec.disk.exists()
         if problem == "missing-domain":
             return spec.disk.exists() and not self.swarm.provider.is_defined(spec)
+        if problem == "no-network":
+            return self.swarm.provider.network_problem(spec) is not None
         return True
 
     def _row_created_by(self, e: JournalEntry) -> bool:
@@ -377,6 +379,17 @@ class Doctor:
                     "registered with a disk, but libvirt has no VM for it",
                     "define the VM again from the registry",
                     lambda: self.swarm.provider.define(spec),
+                )
+            ]
+        problem = self.swarm.provider.network_problem(spec)
+        if problem:
+            return [
+                Finding(
+                    "no-network",
+                    subject,
+                    problem,
+                    "attach a new network process to the running VM",
+                    lambda: self.swarm.provider.start(spec),
                 )
             ]
         return []

@@ -8,6 +8,10 @@ from agent_swarm.errors import InvalidName
 
 # An RFC 1123 host name label: the name becomes the VM's hostname and part of its SSH alias.
 NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+# Names agent-swarm accepted before it required a letter or digit at the end ("fix-"): still
+# accepted for VMs, projects and images that already exist, so their owners can reach and
+# delete them; never for new ones.
+EXISTING_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 NAME_RULE = (
     "1-63 characters: lowercase letters, digits and '-', starting and ending with a letter or digit"
@@ -54,6 +58,14 @@ def validate_name(name: str, kind: str = "name") -> str:
             hint=f"a {kind} must be {NAME_RULE}, e.g. 'fix-login'",
         )
     return name
+
+
+def validate_existing_name(name: str, kind: str = "name") -> str:
+    """Like :func:`validate_name`, but also accepts names of the older, looser rule (for
+    looking up what already exists)."""
+    if isinstance(name, str) and EXISTING_NAME_RE.fullmatch(name) is not None:
+        return name
+    return validate_name(name, kind)
 
 
 def validate_env_name(name: str, *, reserved_ok: bool = False) -> str:

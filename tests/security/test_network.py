@@ -250,3 +250,39 @@ def test_hand_made_packet_to_loopback_does_not_reach_the_host(
         f"{GATEWAY} {hostloop.port}",
     ).stdout.strip()  # fmt: skip
     assert out != "OPEN" and len(hostloop.seen) == before, out
+
+
+def _passt_of(port: int) -> int:
+    want = f"127.0.0.1/{port}:22".encode()
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                argv = (d / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv and os.path.basename(argv[0]).startswith(b"passt") and want in argv:
+                return int(d.name)
+    raise AssertionError(f"no passt forwards port {port}")
+
+
+def test_doctor_reattaches_a_network_process_that_died(vms: Swarm) -> None:
+    """passt is a separate process: if it dies, the guest is cut off; doctor says so, and
+    --fix (or `start`) gives the running VM a new one."""
+    import signal
+    import time
+
+    port = _ssh_port(vms, "iso")
+    pid = _passt_of(port)  # the network process of the VM this test created
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    r = vms("--json", "doctor", check=False)
+    assert r.returncode == 1, r.stderr
+    report = json.loads(r.stdout)
+    problems = [(f["problem"], f["subject"]) for f in report["findings"]]
+    assert ("no-network", "project iso") in problems, report
+    vms("doctor", "--fix")
+    assert _passt_of(port) != pid
+    assert vms("project", "run", "iso", "--", "echo", "ok").stdout.strip() == "ok"
+    assert vms.json("doctor")["findings"] == []  # type: ignore[index]

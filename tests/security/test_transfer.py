@@ -394,6 +394,27 @@ def test_an_endless_listing_stops_at_the_entry_limit(
     assert confined() == {"src": ("dir", 0o700)}
 
 
+def test_empty_listing_replies_without_end_are_refused(
+    guest: Any, dst: Path, confined: Confined, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A guest answering every READDIR with zero names (never EOF) would add no entry to
+    count: such a reply is malformed and stops the copy."""
+    from paramiko.message import Message
+    from paramiko.sftp import CMD_NAME
+
+    def empty(self: Any, request_number: int, folder: Any) -> None:
+        msg = Message()
+        msg.add_int(request_number)
+        msg.add_int(0)
+        self._send_packet(CMD_NAME, msg)
+
+    monkeypatch.setattr(paramiko.SFTPServer, "_read_folder", empty)
+    sftp, _ = guest(D({"a": F(b"x")}))
+    with pytest.raises(AgentSwarmError, match="listing with no names"):
+        transfer.download(sftp, "/src", dst, recursive=True)
+    assert confined() == {"src": ("dir", 0o700)}
+
+
 def test_an_endless_directory_tree_stops_at_the_depth_limit(
     guest: Any, dst: Path, confined: Confined
 ) -> None:

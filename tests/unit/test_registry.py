@@ -167,3 +167,31 @@ def test_ports_are_unique_across_processes_and_idempotent(tmp_path: Path) -> Non
         assert r.allocate_port("task", "t3", iter(range(40000, 40100))) == got["t3"]
         assert r.port_of("task", "t3") == got["t3"]
         assert r.port_of("task", "nope") is None
+
+
+def test_vms_from_before_isolation_keep_their_host_access(tmp_path: Path) -> None:
+    """Schema v3: rows of VMs defined before isolation existed keep host access (their
+    libvirt definitions use QEMU's user network); new rows default to isolated."""
+    import sqlite3
+    from importlib import resources
+
+    db = tmp_path / "registry.db"
+    con = sqlite3.connect(db)
+    mig = resources.files("agent_swarm.registry.migrations")
+    for n in ("0001_initial.sql", "0002_journal.sql"):
+        con.executescript(mig.joinpath(n).read_text())
+    con.execute("PRAGMA user_version = 2")
+    con.execute(
+        "INSERT INTO base_images (name, path, format, virtual_size, source) "
+        "VALUES ('b', '/x', 'qcow2', 1, 'file:/x')"
+    )
+    con.execute(
+        "INSERT INTO projects (name, base_image, provider, cpus, memory_mib, disk_gib) "
+        "VALUES ('old', 'b', 'libvirt', 1, 512, 1)"
+    )
+    con.commit()
+    con.close()
+    with Registry(db) as r:
+        assert r.get_project("old").host_access is True
+        r.add_project("new", base_image="b", provider="libvirt", cpus=1, memory_mib=512, disk_gib=1)
+        assert r.get_project("new").host_access is False

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from agent_swarm.errors import ConfigError, SecretsError
 from agent_swarm.models import EnvVarRecord
-from agent_swarm.names import validate_env_name, validate_name
+from agent_swarm.names import validate_env_name, validate_existing_name
 from agent_swarm.registry import Registry
 from agent_swarm.secrets.backend import KeyringBackend, SecretBackend
 
@@ -59,7 +59,7 @@ class EnvVarInfo:
 
 
 def _scope_of(project: str | None) -> str:
-    return "" if project is None else validate_name(project, "project name")
+    return "" if project is None else validate_existing_name(project, "project name")
 
 
 def _where(scope: str) -> str:

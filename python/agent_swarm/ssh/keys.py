@@ -70,7 +70,7 @@ def _public_of(priv: Path) -> str:
 def _pair_ok(priv: Path, pub: Path) -> bool:
     try:
         line = pub.read_text()
-    except FileNotFoundError:
+    except (OSError, UnicodeDecodeError):  # missing, unreadable or garbage: rewritten
         return False
     return " ".join(line.split()[:2]) == _public_of(priv)
 

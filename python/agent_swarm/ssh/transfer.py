@@ -319,7 +319,10 @@ class _Wire:
                     if exc.code == SFTP_EOF:
                         return
                     raise
-                for _ in range(r.u32()):
+                count = r.u32()
+                if count == 0:  # the protocol says: at least one name, or EOF
+                    raise _GuestError("malformed SFTP reply (a directory listing with no names)")
+                for _ in range(count):
                     name = r.string()
                     r.string()  # ls -l style "longname": unused
                     yield name, r.attrs()

@@ -10,7 +10,7 @@ import click
 
 from agent_swarm.cli.context import obj
 from agent_swarm.errors import AgentSwarmError
-from agent_swarm.names import NAME_RE, NAME_RULE
+from agent_swarm.names import EXISTING_NAME_RE, NAME_RULE
 
 _SIZE_RE = re.compile(r"(?i)\s*(\d+)\s*([kmgt]i?b?|b)?\s*")
 _UNITS = {"": 1 << 20, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -46,7 +46,9 @@ class Name(click.ParamType):  # type: ignore[type-arg]
         self.kind = kind
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        if not isinstance(value, str) or NAME_RE.fullmatch(value) is None:
+        # The looser older rule too: existing VMs named "fix-" stay reachable. New names are
+        # checked strictly where they are created (validate_name).
+        if not isinstance(value, str) or EXISTING_NAME_RE.fullmatch(value) is None:
             self.fail(f"invalid {self.kind} {value!r}: must be {NAME_RULE}", param, ctx)
         return value
 
@@ -101,6 +103,15 @@ def exec_in_vm(kind: str, name: str, command: tuple[str, ...], *, tty: bool = Fa
         return run(client, cmd, stdin=stdin, tty=tty)
     finally:
         client.close()
+
+
+FORWARD_AGENT = click.option(
+    "-A",
+    "--forward-agent",
+    is_flag=True,
+    help="Forward your ssh-agent for this session: processes in the VM can then use (not "
+    "read) your keys while it is open. Off by default; [ssh] forward_agent in config.toml.",
+)
 
 
 def ssh_into_vm(

@@ -2,7 +2,14 @@ from __future__ import annotations
 
 import click
 
-from agent_swarm.cli.commands._common import TASK, Size, exec_in_vm, open_code, ssh_into_vm
+from agent_swarm.cli.commands._common import (
+    FORWARD_AGENT,
+    TASK,
+    Size,
+    exec_in_vm,
+    open_code,
+    ssh_into_vm,
+)
 from agent_swarm.cli.context import obj
 
 
@@ -10,13 +17,7 @@ from agent_swarm.cli.context import obj
 @click.argument("task", type=TASK)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.option("-t", "--tty", is_flag=True, help="Force a TTY when a COMMAND is given.")
-@click.option(
-    "-A",
-    "--forward-agent",
-    is_flag=True,
-    help="Forward your ssh-agent for this session: processes in the VM can then use (not "
-    "read) your keys while it is open. Off by default; [ssh] forward_agent in config.toml.",
-)
+@FORWARD_AGENT
 def ssh(task: str, command: tuple[str, ...], tty: bool, forward_agent: bool) -> None:
     """SSH session in a task VM (OpenSSH, host key pinned, env vars injected).
 
@@ -150,10 +151,10 @@ def cp(
 
 def _split(arg: str) -> tuple[str | None, str]:
     """("name", "/path") for NAME:/path, (None, arg) for a host path."""
-    from agent_swarm.names import NAME_RE
+    from agent_swarm.names import EXISTING_NAME_RE
 
     head, sep, tail = arg.partition(":")
-    if sep and NAME_RE.fullmatch(head) and "/" not in head:
+    if sep and EXISTING_NAME_RE.fullmatch(head) and "/" not in head:
         return head, tail
     return None, arg
 

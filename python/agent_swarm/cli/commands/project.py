@@ -5,7 +5,14 @@ from dataclasses import asdict
 import click
 
 from agent_swarm.cli import LazyGroup
-from agent_swarm.cli.commands._common import IMAGE, PROJECT, Size, exec_in_vm, ssh_into_vm
+from agent_swarm.cli.commands._common import (
+    FORWARD_AGENT,
+    IMAGE,
+    PROJECT,
+    Size,
+    exec_in_vm,
+    ssh_into_vm,
+)
 from agent_swarm.cli.context import obj, table
 
 
@@ -127,13 +134,7 @@ def _size(n: int | None) -> str:
 @click.argument("name", type=PROJECT)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.option("-t", "--tty", is_flag=True, help="Force a TTY when a COMMAND is given.")
-@click.option(
-    "-A",
-    "--forward-agent",
-    is_flag=True,
-    help="Forward your ssh-agent for this session: processes in the VM can then use (not "
-    "read) your keys while it is open. Off by default; [ssh] forward_agent in config.toml.",
-)
+@FORWARD_AGENT
 def ssh(name: str, command: tuple[str, ...], tty: bool, forward_agent: bool) -> None:
     """SSH session in a project VM (starts it if stopped); interactive unless COMMAND.
 

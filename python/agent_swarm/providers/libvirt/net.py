@@ -36,6 +36,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,6 +45,7 @@ from agent_swarm import paths
 from agent_swarm.errors import ProviderError, ProviderUnavailable
 from agent_swarm.fsutil import atomic_write
 from agent_swarm.models import VMSpec
+from agent_swarm.textsafe import sanitize
 
 GUEST_ADDRESS = "10.0.2.15"
 GUEST_PREFIX = 24
@@ -167,7 +169,8 @@ def passt_argv(exe: str, spec: VMSpec, fd: int, log: Path) -> list[str]:
 
 def _listening(port: int) -> bool:
     """Is something listening on 127.0.0.1:port (read from /proc/net/tcp, no connection)?"""
-    want = f"0100007F:{port:04X}"
+    loopback = socket.inet_aton("127.0.0.1")
+    want = f"{int.from_bytes(loopback, sys.byteorder):08X}:{port:04X}"  # host byte order
     try:
         with open("/proc/net/tcp") as f:
             next(f)
@@ -188,7 +191,14 @@ def attach(spec: VMSpec) -> int:
     """
     exe = require_passt()
     stop(spec)
+    if _listening(spec.ssh_port):
+        raise ProviderError(
+            f"127.0.0.1:{spec.ssh_port}, the SSH port of {spec.kind} {spec.name!r}, is in use "
+            "by another program",
+            hint=f"find it with `ss -ltnp 'sport = :{spec.ssh_port}'` and stop it",
+        )
     sock, log = socket_path(spec), log_path(spec)
+    err_path = log.with_name("passt.stderr")
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     deadline = time.monotonic() + ATTACH_TIMEOUT
     try:
@@ -204,33 +214,46 @@ def attach(spec: VMSpec) -> int:
                         "`agent-swarm doctor --fix`",
                     ) from exc
                 time.sleep(0.05)
-        with contextlib.suppress(OSError):
-            log.unlink()  # passt appends: one log per attachment
-        proc = subprocess.Popen(
-            passt_argv(exe, spec, conn.fileno(), log),
-            pass_fds=[conn.fileno()],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # outlives this command; not hit by its Ctrl-C
-        )
+        for f in (log, err_path):
+            with contextlib.suppress(OSError):
+                f.unlink()  # passt appends: one log per attachment
+        # stderr to a file, not a pipe: passt outlives this command, and a write to a pipe
+        # nobody reads any more would kill it (SIGPIPE).
+        err_fd = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            proc = subprocess.Popen(
+                passt_argv(exe, spec, conn.fileno(), log),
+                pass_fds=[conn.fileno()],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err_fd,
+                start_new_session=True,  # outlives this command; not hit by its Ctrl-C
+            )
+        finally:
+            os.close(err_fd)
     finally:
         conn.close()  # passt holds its own copy
     atomic_write(pid_path(spec), f"{proc.pid}\n", mode=0o600)
     deadline = time.monotonic() + PASST_START_TIMEOUT
-    while not _listening(spec.ssh_port):
+    while not (_listening(spec.ssh_port) and proc.poll() is None):
         if proc.poll() is not None or time.monotonic() > deadline:
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            lines = [ln for ln in err.splitlines() if ln and "syslog" not in ln]
+            if proc.poll() is None:
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+            try:
+                err = err_path.read_bytes()[-4096:].decode(errors="replace")
+            except OSError:
+                err = ""
+            lines = [sanitize(ln, max_len=200) for ln in err.splitlines() if "syslog" not in ln]
+            lines = [ln for ln in lines if ln.strip()]
             stop(spec)
             raise ProviderError(
                 f"cannot start the network (passt) of {spec.kind} {spec.name!r}: "
                 + (lines[-1] if lines else f"exit code {proc.poll()}"),
-                hint=f"see {log}; is 127.0.0.1:{spec.ssh_port} in use by another program?",
+                hint=f"see {log} and {err_path}",
             )
         time.sleep(0.02)
-    if proc.stderr:
-        proc.stderr.close()
     return proc.pid
 
 

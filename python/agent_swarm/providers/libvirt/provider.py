@@ -180,19 +180,35 @@ class LibvirtProvider(Provider):
             if net.isolated(spec):
                 net.require_passt()  # before QEMU starts: no VM without its network
             bounded(f"starting {spec.kind} {spec.name!r}", dom.create)
-            self._attach_network(spec, dom)
+            self._attach_network(spec, dom, just_started=True)
         elif net.isolated(spec) and net.running_pid(spec) is None:
-            self._attach_network(spec, dom)  # running, but its passt died: a new one
+            # running, but its passt died: a new one (never powers the VM off on failure)
+            self._attach_network(spec, dom, just_started=False)
 
-    def _attach_network(self, spec: VMSpec, dom: libvirt.virDomain) -> None:
-        """Give a just-started isolated VM its network; power it off again if that fails."""
+    def network_problem(self, spec: VMSpec) -> str | None:
+        """Why a running VM has no network (its passt is gone), else None. Cheap when all is
+        well: a PID file and /proc, no libvirt call unless passt is missing."""
+        if not net.isolated(spec) or net.running_pid(spec) is not None:
+            return None
+        if not self._is_active(spec):
+            return None
+        return (
+            "running, but its network process (passt) is gone: the guest has no network "
+            "and SSH to it does not answer"
+        )
+
+    def _attach_network(self, spec: VMSpec, dom: libvirt.virDomain, *, just_started: bool) -> None:
+        """Give a running isolated VM its network. A VM this command just started is powered
+        off again if that fails (no VM without its network); one that was already running is
+        left as it is."""
         if not net.isolated(spec):
             return
         try:
             net.attach(spec)
         except BaseException:
-            with suppress(libvirt.libvirtError):
-                dom.destroy()
+            if just_started:
+                with suppress(libvirt.libvirtError):
+                    dom.destroy()
             raise
 
     def stop(self, spec: VMSpec, *, force: bool = False, timeout: float = 90) -> None:
@@ -344,9 +360,10 @@ class LibvirtProvider(Provider):
         dom = self._dom(spec)
         with self._errors(f"restoring {spec.name!r} to {tag!r}"):
             snap = dom.snapshotLookupByName(tag)
-            active = bool(dom.isActive())
-        # Reverting a powered-off VM to a checkpoint taken while it ran starts a new QEMU,
-        # which needs its network; a running VM keeps its QEMU (loadvm) and its passt.
+            qemu_before = dom.ID() if dom.isActive() else -1
+        # Reverting to a checkpoint taken while the VM ran may start a new QEMU (always when
+        # the VM was off; with REVERT_FORCE also when it must be restarted), and a new QEMU
+        # needs a new passt. A QEMU that stays (loadvm) keeps its passt.
         bounded(
             f"restoring {spec.name!r} to {tag!r}",
             dom.revertToSnapshot,
@@ -356,8 +373,11 @@ class LibvirtProvider(Provider):
         )
         if not self._is_active(spec):
             net.stop(spec)
-        elif not active or net.running_pid(spec) is None:
-            self._attach_network(spec, dom)  # a new QEMU (or a passt that is gone)
+            return
+        with self._errors(f"reading the state of {spec.name!r}"):
+            new_qemu = dom.ID() != qemu_before
+        if new_qemu or net.running_pid(spec) is None:
+            self._attach_network(spec, dom, just_started=new_qemu)
 
     def list_checkpoints(self, spec: VMSpec) -> list[dict[str, Any]]:
         dom = self._dom(spec)
