@@ -32,6 +32,7 @@ from typing import Any
 
 from agent_swarm import paths
 from agent_swarm.errors import ConfigError
+from agent_swarm.names import NAME_RE
 
 CONFIG_FILE = "config.toml"
 MAX_SIZE = 1 << 20
@@ -111,8 +112,6 @@ def load() -> dict[str, Any]:
                 raise _fail(f"[project] must hold [project.NAME] tables, not {table!r}")
             projects = {}
             for name, ptable in table.items():
-                from agent_swarm.names import NAME_RE
-
                 if NAME_RE.fullmatch(name) is None:
                     raise _fail(f"[project.{name}]: {name!r} is not a valid project name")
                 projects[name] = _check_table(f"project.{name}", ptable, PROJECT_KEYS)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent_swarm import capacity, native, paths, settings
+from agent_swarm import capacity, native, paths
 from agent_swarm.errors import (
     AgentSwarmError,
     AlreadyExists,
@@ -596,6 +596,8 @@ class Swarm:
             )
         _check_space(f"cannot create project {name}")
         if host_access is None:
+            from agent_swarm import settings  # here: `list` & co. never read config.toml
+
             host_access = settings.for_project(name).host_access
         with self.journal("create", "project", name, detail="start" if start else "") as op:
             self.reg.add_project(

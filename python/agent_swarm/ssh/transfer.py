@@ -471,7 +471,6 @@ class _Upload:
         made.append((rdir, mode & 0o777 & ~self.umask))
 
     def file(self, src: Path, dst: str, mode: int) -> None:
-        tmp = _tmp_name(dst)
         sent = 0
         cb = _progress_cb(src.name, self.progress)
 
@@ -481,28 +480,28 @@ class _Upload:
             if cb is not None:
                 cb(done, total)
 
-        try:
-            with self._errors(f"cannot copy {src} to {dst} in the VM"):
-                self.sftp.put(str(src), tmp, callback=counted, confirm=False)
-                st = _remote_stat(self.wire, tmp)
-                if st is None or st.size != sent:
-                    raise AgentSwarmError(
-                        f"cannot copy {src} to {dst} in the VM: "
-                        f"{sent} bytes sent, {st.size if st else 'no file'} arrived"
-                    )
-                self.sftp.chmod(tmp, mode & 0o777 & ~self.umask)
-                self.sftp.posix_rename(tmp, dst)
-        except BaseException:
-            with contextlib.suppress(*_SFTP_ERRORS):
-                self.sftp.remove(tmp)
-            raise
-        self.count += 1
+        with self._placed(dst, f"cannot copy {src} to {dst} in the VM") as tmp:
+            self.sftp.put(str(src), tmp, callback=counted, confirm=False)
+            st = _remote_stat(self.wire, tmp)
+            if st is None or st.size != sent:
+                raise AgentSwarmError(
+                    f"cannot copy {src} to {dst} in the VM: "
+                    f"{sent} bytes sent, {st.size if st else 'no file'} arrived"
+                )
+            self.sftp.chmod(tmp, mode & 0o777 & ~self.umask)
 
     def _symlink(self, target: str, dst: str) -> None:
+        with self._placed(dst, f"cannot create the symlink {dst} in the VM") as tmp:
+            self.sftp.symlink(target, tmp)
+
+    @contextlib.contextmanager
+    def _placed(self, dst: str, what: str) -> Iterator[str]:
+        """A temporary name next to ``dst`` to fill; renamed to ``dst`` when the block
+        succeeds, removed when it fails. Counts the copied entry."""
         tmp = _tmp_name(dst)
         try:
-            with self._errors(f"cannot create the symlink {dst} in the VM"):
-                self.sftp.symlink(target, tmp)
+            with self._errors(what):
+                yield tmp
                 self.sftp.posix_rename(tmp, dst)
         except BaseException:
             with contextlib.suppress(*_SFTP_ERRORS):

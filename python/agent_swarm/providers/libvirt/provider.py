@@ -218,7 +218,7 @@ class LibvirtProvider(Provider):
         finally:
             with suppress(ProviderError, InvalidState):
                 if not self._is_active(spec):
-                    net.stop(spec)  # normally gone already (--one-off): QEMU closed the socket
+                    net.stop(spec)  # normally gone already: QEMU closed passt's connection
 
     def _is_active(self, spec: VMSpec) -> bool:
         dom = self._lookup(self.domain_name(spec))
