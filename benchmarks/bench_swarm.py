@@ -3,7 +3,8 @@
 Prints medians and ratios:
   4. clone step (disk + seed ISO + domain define, no boot) for N = 1, 4, 8 via
      `bulk create --no-start` (goal: N=8 < 2x N=1), against N separate `create` commands
-     run one after another
+     run one after another; and per-VM time of N=32 against N=8 (goal <= 1.3x: one
+     ssh_config write per bulk, not one per VM)
   5. `agent-swarm list` with 100 registered tasks (goal < 150 ms), against what the original
      tool did per listing: `virsh list --all` plus `qemu-img info` per VM
   6. `agent-swarm --help` (goal < 150 ms), against a bare `python -c pass` start
@@ -85,6 +86,21 @@ def main() -> None:
                 f"bulk is {s / medians[n]:.1f}x faster")  # fmt: skip
         ratio = medians[8] / medians[1]
         print(f"  N=8 / N=1 = {ratio:.2f}  (goal < 2: {'met' if ratio < 2 else 'NOT met'})")
+
+        print(f"\n[4b] bulk create stays linear: per-VM time, N=8 vs N=32 (median of {runs})")
+        per_vm = {}
+        for n in (8, 32):
+            names = [f"s{i}" for i in range(n)]
+            times = []
+            for _ in range(runs):
+                times.append(timed(*CLI, "bulk", "create", "bench", *names, "--no-start", env=env))
+                sh(*CLI, "bulk", "delete", *names, env=env)
+            per_vm[n] = statistics.median(times) / n
+            row(f"bulk create --no-start, N={n}", statistics.median(times),
+                f"{per_vm[n] * 1e3:.0f} ms/VM")  # fmt: skip
+        lin = per_vm[32] / per_vm[8]
+        verdict = "met" if lin <= 1.3 else "NOT met"
+        print(f"  per VM, N=32 / N=8 = {lin:.2f}  (goal <= 1.3: {verdict})")
 
         print(f"\n[5] list with 100 registered tasks (median of {runs})")
         names = [f"l{i}" for i in range(100)]

@@ -1,6 +1,6 @@
 """Bulk create/delete: many task VMs in parallel with bounded concurrency.
 
-Each item runs in its own worker thread with its own registry connection and libvirt
+Each item runs in its own worker thread with its own registry connection and provider
 connection, exactly as separate processes would: the registry's constraints and the
 operations journal keep them apart, and one item's failure (rolled back by the item itself)
 never stops or touches the others.
@@ -14,11 +14,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from agent_swarm import paths
 from agent_swarm.errors import AgentSwarmError
 from agent_swarm.registry import Registry
+
+if TYPE_CHECKING:
+    from agent_swarm.core import Core
 
 
 @dataclass
@@ -123,16 +126,11 @@ def run_parallel(
     return results
 
 
-def worker_swarm(progress: Callable[[str], None]) -> Any:
-    """A Swarm with its own registry and provider connection, for one worker thread."""
-    from agent_swarm.swarm import Swarm
+def worker_core(progress: Callable[[str], None]) -> Core:
+    """A core with its own registry and provider connections, for one worker thread. It
+    leaves ssh_config to the bulk command (one write for the whole bulk, not one per VM)."""
+    from agent_swarm.core import Core
 
-    sw = Swarm(Registry(paths.registry_path()), progress=progress)
-    sw._noticed = True  # the KVM notice is printed once, by the bulk command itself
-    return sw
-
-
-def close_swarm(swarm: Any) -> None:
-    if swarm._provider is not None:
-        swarm._provider.close()
-    swarm.reg.close()
+    core = Core(Registry(paths.registry_path()), progress=progress, write_ssh_config=False)
+    core.noticed = True  # the provider's notice is printed once, by the bulk command itself
+    return core

@@ -13,7 +13,11 @@ Interrupted operations (their process is gone) are settled first:
 * ``delete`` → finished.
 * ``seal`` → rolled forward once the generation is registered (the project gets its fresh
   overlay and seed), else rolled back (the disk renamed back).
-* ``restore`` → libvirt completes or refuses a revert on its own; the entry is cleared.
+* ``restore`` → the provider completes or refuses a revert on its own; the entry is cleared.
+* ``gc`` → cleared; running gc again finishes it.
+
+Each journaled operation says how it is settled (``Operation.recover`` in
+:mod:`agent_swarm.journal` and its subclasses in :mod:`agent_swarm.ops`); doctor dispatches.
 
 Operations whose process is alive are reported as busy and their VMs left alone.
 """
@@ -29,14 +33,14 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent_swarm import paths, procs
-from agent_swarm.errors import AgentSwarmError
-from agent_swarm.models import JournalEntry, VMSpec
-from agent_swarm.swarm import stub_spec
+from agent_swarm import procs
+from agent_swarm.errors import AgentSwarmError, ProviderError, ProviderUnavailable
+from agent_swarm.models import InstanceState, JournalEntry, VMSpec
 from agent_swarm.textsafe import sanitize
 
 if TYPE_CHECKING:
-    from agent_swarm.swarm import Swarm
+    from agent_swarm.core import Core
+    from agent_swarm.providers.base import Provider, VMStatus
 
 TEMP_MAX_AGE = 600  # seconds: younger temp files may belong to a write in progress
 
@@ -67,11 +71,35 @@ class Finding:
 
 
 class Doctor:
-    def __init__(self, swarm: Swarm) -> None:
-        self.swarm = swarm
-        self.reg = swarm.reg
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.reg = core.reg
+        self.layout = core.layout
 
     # ---- diagnosis -----------------------------------------------------------------------
+    def _providers(self) -> tuple[dict[str, Provider], list[Finding]]:
+        """Every provider a VM row names, and this platform's default (orphans of a VM
+        whose row is gone live there); one that cannot be reached is a finding, not a
+        failure of the others."""
+        out: dict[str, Provider] = {}
+        findings = []
+        used = set(self.core.used_providers())
+        for name in sorted(used | {self.core.default_provider_name()}):
+            try:
+                out[name] = self.core.provider(name)
+            except (ProviderUnavailable, ProviderError) as exc:
+                if name not in used:
+                    continue  # no VM of ours uses it: nothing to check there
+                findings.append(
+                    Finding(
+                        "provider-unavailable",
+                        f"provider {name}",
+                        f"{exc.message}; its VMs were not checked",
+                        None,
+                    )
+                )
+        return out, findings
+
     def diagnose(self) -> list[Finding]:
         out: list[Finding] = []
         skip: set[tuple[str, str]] = set()
@@ -93,40 +121,22 @@ class Doctor:
         tasks = {t.name: t for t in self.reg.list_tasks()}
         known = {("project", n) for n in projects} | {("task", n) for n in tasks}
 
-        domains = self.swarm.provider.our_domains()
-        have_domain = {(d["kind"], d["name"]) for d in domains}
-        for d in domains:
-            key = (d["kind"], d["name"])
-            if key in known or key in skip:
+        providers, unreachable = self._providers()
+        out += unreachable
+        live: dict[str, dict[tuple[str, str], VMStatus]] = {}
+        for pname, prov in providers.items():
+            try:
+                live[pname] = prov.list_ours()
+            except (ProviderUnavailable, ProviderError) as exc:
+                out.append(Finding("provider-unavailable", f"provider {pname}", exc.message, None))
                 continue
-            owner = self.swarm.provider.domain_home(d["domain"])
-            if owner is not None and owner != str(paths.home()):
-                out.append(
-                    Finding(
-                        "foreign-domain",
-                        f"domain {d['domain']}",
-                        f"its name looks like ours, but it belongs to the state directory "
-                        f"{owner}; left alone",
-                        None,
-                    )
-                )
-                continue
-            out.append(
-                Finding(
-                    "orphan-domain",
-                    f"domain {d['domain']}",
-                    f"a libvirt VM ({d['state']}) of this state directory with no registry row",
-                    "power it off and undefine it",
-                    partial(self.swarm.provider.delete, stub_spec(d["kind"], d["name"])),
-                    vm=key,
-                    recheck=partial(self._unregistered, *key),
-                )
-            )
+            for key, st in sorted(live[pname].items()):
+                if key in known or key in skip:
+                    continue
+                out.append(self._orphan_vm(prov, key, st))
 
-        for kind, root in (
-            ("project", paths.home() / paths.PROJECTS_DIR),
-            ("task", paths.home() / paths.TASKS_DIR),
-        ):
+        for kind in ("project", "task"):
+            root = self.layout.root(kind)
             if not root.is_dir():
                 continue
             for child in sorted(root.iterdir()):
@@ -145,15 +155,17 @@ class Doctor:
                     )
                 )
 
-        for name, t in tasks.items():
-            if ("task", name) in skip:
+        vms: list[tuple[str, Any]] = [("task", t) for t in tasks.values()]
+        vms += [("project", p) for p in projects.values()]
+        for kind, vm in vms:
+            if (kind, vm.name) in skip:
                 continue
-            out += self._check_vm("task", name, self.swarm.task_spec(t), have_domain)
-        for name, p in projects.items():
-            if ("project", name) in skip:
-                continue
-            out += self._check_vm("project", name, self.swarm.project_spec(p), have_domain)
-            out += self._check_generations(name)
+            vm_prov = providers.get(vm.provider)
+            if vm_prov is not None and vm.provider in live:
+                spec = self.core.vms.spec(kind, vm)
+                out += self._check_vm(vm_prov, kind, vm.name, spec, live[vm.provider])
+            if kind == "project":
+                out += self._check_generations(vm.name)
 
         for port, kind, owner in self.reg.ports():
             if (kind, owner) not in known and (kind, owner) not in skip:
@@ -171,13 +183,32 @@ class Doctor:
         out += self._temp_files()
         return out
 
+    def _orphan_vm(self, prov: Provider, key: tuple[str, str], st: VMStatus) -> Finding:
+        kind, name = key
+        label = st.label or f"{prov.name} VM {kind}-{name}"
+        owner = prov.owner_of(kind, name)
+        if owner is not None and owner != str(self.layout.home):
+            return Finding(
+                "foreign-domain",
+                label,
+                f"its name looks like ours, but it belongs to the state directory "
+                f"{owner}; left alone",
+                None,
+            )
+        return Finding(
+            "orphan-domain",
+            label,
+            f"a {prov.name} VM ({st.state}) of this state directory with no registry row",
+            "power it off and remove it",
+            partial(prov.delete, self.core.vms.stub_spec(kind, name)),
+            vm=key,
+            recheck=partial(self._unregistered, kind, name),
+        )
+
     # ---- re-checks, run by --fix while holding the VM's journal slot ----------------------
     def _unregistered(self, kind: str, name: str) -> bool:
         try:
-            if kind == "project":
-                self.reg.get_project(name)
-            else:
-                self.reg.get_task(name)
+            self.core.vms.row(kind, name)
         except AgentSwarmError:
             return True
         return False
@@ -185,150 +216,52 @@ class Doctor:
     def _unknown_generation(self, project: str, path: str) -> bool:
         return all(g.path != path for g in self.reg.list_generations(project))
 
-    def _still(self, problem: str, kind: str, name: str, spec: VMSpec) -> bool:
+    def _still(self, problem: str, prov: Provider, kind: str, name: str, spec: VMSpec) -> bool:
         if self._unregistered(kind, name):
             return False
         if problem == "missing-disk":
             return not spec.disk.exists()
         if problem == "missing-domain":
-            return spec.disk.exists() and not self.swarm.provider.is_defined(spec)
+            return spec.disk.exists() and prov.status(spec).state is InstanceState.MISSING
         if problem == "no-network":
-            return self.swarm.provider.network_problem(spec) is not None
+            return prov.runtime_problem(spec) is not None
         return True
-
-    def _row_created_by(self, e: JournalEntry) -> bool:
-        """Did the interrupted create `e` already insert its registry row? (It may have been
-        killed between the insert and recording the step.)"""
-        try:
-            row = self.reg.get_project(e.name) if e.kind == "project" else self.reg.get_task(e.name)
-        except AgentSwarmError:
-            return False
-        return row.created_at >= e.started_at
 
     def _interrupted(self, e: JournalEntry) -> Finding:
         what = (
             f"{e.op} interrupted at step {e.step!r} (process {e.pid} is gone, "
             f"started {e.started_at})"
         )
-        subject = f"{e.kind} {e.name}"
-
-        def clear() -> None:
-            self.reg.journal_end(e.id)
-
-        if e.op == "create" and e.step == "begin" and not self._row_created_by(e):
-            return Finding(
-                "interrupted", subject, what + "; nothing was created", "clear it", clear
-            )
-        if e.op in ("create", "delete"):
-
-            def remove() -> None:
-                self.swarm.remove_vm(e.kind, e.name, None, None)
-                clear()
-
-            return Finding(
-                "interrupted",
-                subject,
-                what,
-                "remove the half-created VM" if e.op == "create" else "finish deleting it",
-                remove,
-            )
-        if e.op == "seal":
-            return self._interrupted_seal(e, subject, what, clear)
-
-        # restore: libvirt finishes or refuses a revert on its own
-        return Finding(
-            "interrupted", subject, what, "clear it (the VM is as libvirt left it)", clear
-        )
-
-    def _interrupted_seal(
-        self, e: JournalEntry, subject: str, what: str, clear: Callable[[], None]
-    ) -> Finding:
-        from agent_swarm.swarm import Op
-
-        p = self.reg.get_project(e.name)
-        spec = self.swarm.project_spec(p)
-        gen_path = Path(e.detail) if e.detail else None
-        registered = gen_path is not None and any(
-            g.path == str(gen_path) for g in self.reg.list_generations(e.name)
-        )
-        op = Op(self.reg, e.id, "seal")
-        if registered and gen_path is not None:
-
-            def forward() -> None:
-                self.swarm._finish_seal(p, spec, gen_path, None)
-                clear()
-
-            return Finding(
-                "interrupted",
-                subject,
-                what + f"; {gen_path.name} is sealed",
-                "finish sealing (fresh project overlay and seed)",
-                forward,
-            )
-        if gen_path is not None and gen_path.exists() and not spec.disk.exists():
-
-            def register() -> None:
-                self.reg.add_generation(p.name, str(gen_path))
-                self.swarm._finish_seal(p, spec, gen_path, None)
-                clear()
-
-            return Finding(
-                "interrupted",
-                subject,
-                what + f"; the disk is already {gen_path.name} but not registered",
-                "finish sealing (register it, fresh project overlay and seed)",
-                register,
-            )
-        if e.step in ("identity-reset", "stopped", "sealing") or (
-            e.step == "resetting" and not self._answers_ssh(p, spec)
-        ):
-            # The identity is reset (or the VM never booted): sealing is the only way on.
-            def seal() -> None:
-                self.swarm.provider.stop(spec, force=True)
-                self.swarm._seal(p, spec, op)
-                clear()
-
-            return Finding(
-                "interrupted",
-                subject,
-                what + "; the identity was reset but the disk not sealed yet",
-                "stop the VM and seal it",
-                seal,
-            )
-        return Finding(
-            "interrupted",
-            subject,
-            what + "; nothing was sealed (seal again with `agent-swarm project stop`)",
-            "clear it",
-            clear,
-        )
-
-    def _answers_ssh(self, p: Any, spec: VMSpec) -> bool:
-        """Does the VM still accept SSH with its pinned host key? (Then an interrupted identity
-        reset had not removed the host keys yet, and can simply run again.)"""
-        from agent_swarm.models import InstanceState
-
-        if self.swarm.provider.status(spec)[0] is not InstanceState.RUNNING:
-            return False
         try:
-            self.swarm._ssh(spec, p.host_key, f"project {p.name}", timeout=20, quiet=True).close()
-        except (AgentSwarmError, OSError):
-            return False
-        return True
+            r = self.core.operation(e.op).recover(e)
+        except (ProviderUnavailable, ProviderError) as exc:
+            return Finding("interrupted", f"{e.kind} {e.name}", f"{what}; {exc.message}", None)
+        return Finding("interrupted", f"{e.kind} {e.name}", what + r.detail, r.fix, r.action)
 
     def _check_vm(
-        self, kind: str, name: str, spec: VMSpec, have_domain: set[tuple[str, str]]
+        self,
+        prov: Provider,
+        kind: str,
+        name: str,
+        spec: VMSpec,
+        live: dict[tuple[str, str], VMStatus],
     ) -> list[Finding]:
-        out = self._check_vm_state(kind, name, spec, have_domain)
+        out = self._check_vm_state(prov, kind, name, spec, live)
         for f in out:
             f.vm = (kind, name)
-            f.recheck = partial(self._still, f.problem, kind, name, spec)
+            f.recheck = partial(self._still, f.problem, prov, kind, name, spec)
         return out
 
     def _check_vm_state(
-        self, kind: str, name: str, spec: VMSpec, have_domain: set[tuple[str, str]]
+        self,
+        prov: Provider,
+        kind: str,
+        name: str,
+        spec: VMSpec,
+        live: dict[tuple[str, str], VMStatus],
     ) -> list[Finding]:
         subject = f"{kind} {name}"
+        vms = self.core.vms
         if not spec.disk.exists():
             if kind == "project":
                 latest = self.reg.latest_generation(name)
@@ -336,8 +269,8 @@ class Doctor:
                     p = self.reg.get_project(name)
 
                     def rebuild() -> None:
-                        self.swarm._finish_seal(p, spec, Path(latest.path), None)
-                        self.swarm.provider.define(spec)
+                        self.core.seal.finish(p, spec, Path(latest.path), None)
+                        prov.define(spec)
 
                     return [
                         Finding(
@@ -355,41 +288,39 @@ class Doctor:
                     "missing-disk",
                     subject,
                     f"its disk {spec.disk} is gone; the VM cannot run",
-                    f"remove the {kind} (domain, files, registry row)",
-                    lambda: self.swarm.remove_vm(kind, name, spec, None),
+                    f"remove the {kind} (its VM, files, registry row)",
+                    lambda: vms.remove(kind, name, spec, None),
                 )
             ]
-        if (kind, name) not in have_domain:
+        if (kind, name) not in live:
             if not spec.seed.exists():
                 return [
                     Finding(
                         "missing-domain",
                         subject,
-                        f"no libvirt VM and no seed {spec.seed}",
+                        f"no {prov.name} VM and no seed {spec.seed}",
                         f"remove the {kind}" if kind == "task" else None,
-                        (lambda: self.swarm.remove_vm(kind, name, spec, None))
-                        if kind == "task"
-                        else None,
+                        (lambda: vms.remove(kind, name, spec, None)) if kind == "task" else None,
                     )
                 ]
             return [
                 Finding(
                     "missing-domain",
                     subject,
-                    "registered with a disk, but libvirt has no VM for it",
+                    f"registered with a disk, but {prov.name} has no VM for it",
                     "define the VM again from the registry",
-                    lambda: self.swarm.provider.define(spec),
+                    lambda: prov.define(spec),
                 )
             ]
-        problem = self.swarm.provider.network_problem(spec)
+        problem = prov.runtime_problem(spec)
         if problem:
             return [
                 Finding(
                     "no-network",
                     subject,
                     problem,
-                    "attach a new network process to the running VM",
-                    lambda: self.swarm.provider.start(spec),
+                    "repair it while it runs (the provider's start)",
+                    lambda: prov.start(spec),
                 )
             ]
         return []
@@ -412,8 +343,7 @@ class Doctor:
                         None,
                     )
                 )
-        d = paths.project_dir(project)
-        for f in sorted(d.glob("gen-*.qcow2")) if d.is_dir() else []:
+        for f in self.layout.generation_files(project):
             if str(f) in registered:
                 continue
             out.append(
@@ -431,11 +361,9 @@ class Doctor:
 
     def _temp_files(self) -> list[Finding]:
         out = []
-        home = paths.home()
         now = time.time()
-        roots = [home, home / paths.PROJECTS_DIR, home / paths.TASKS_DIR]
         cands: list[Path] = []
-        for r in roots:
+        for r in self.layout.temp_roots():
             if r.is_dir():
                 cands += list(r.glob(".*.tmp")) + list(r.glob("*/.*.tmp"))
         for f in sorted(set(cands)):
@@ -480,4 +408,4 @@ class Doctor:
                     with contextlib.suppress(AgentSwarmError):
                         self.reg.journal_end(entry)
         with contextlib.suppress(AgentSwarmError, OSError):
-            self.swarm.refresh_ssh_config()
+            self.core.vms.refresh_ssh_config()

@@ -34,10 +34,19 @@ class Project:
 
 @dataclass(frozen=True, slots=True)
 class Generation:
+    """A sealed, read-only template disk of a project, and how it was sealed."""
+
     project: str
     generation: int
     path: str
     created_at: str
+    format: str = "qcow2"
+    provider: str = ""
+    cpus: int | None = None  # the machine shape the template was sealed with
+    memory_mib: int | None = None
+    disk_gib: int | None = None
+    memory_image: str | None = None  # a warm template's saved RAM/device state (issue 10)
+    host_key: str | None = None  # the template's SSH host key, where clones keep it
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +116,7 @@ class VMSpec:
     name: str
     cpus: int
     memory_mib: int
-    disk: Path  # qcow2 overlay
+    disk: Path  # the VM's disk, in the provider's format (Capabilities.disk_format)
     seed: Path  # cloud-init NoCloud seed (attached read-only)
     serial_log: Path
     ssh_port: int  # loopback port forwarded to the guest's port 22 (user networking)

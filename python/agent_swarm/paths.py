@@ -16,20 +16,17 @@ BASE_IMAGES_DIR = "base-images"
 PROJECTS_DIR = "projects"
 TASKS_DIR = "tasks"
 KEYS_DIR = "keys"
-LOCKS_DIR = "locks"
 SETUP_SCRIPT = "setup.sh"
 
-# Per-VM files inside <home>/{projects,tasks}/<name>/
-DISK_QCOW2 = "disk.qcow2"
+# Per-VM files inside <home>/{projects,tasks}/<name>/ (the disk's name: agent_swarm.layout)
 SEED_ISO = "cidata.iso"
 SERIAL_LOG = "serial.log"
-DOMAIN_XML = "domain.xml"
 
 
 def home() -> Path:
     """The state directory (not created)."""
     env = os.environ.get(ENV_HOME)
-    # Resolved: libvirt domain names carry a hash of this path, so one directory reached
+    # Resolved: providers name VMs with a hash of this path, so one directory reached
     # through two paths (a symlink) must still be one state directory.
     if env:
         return Path(env).expanduser().resolve()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,7 +66,56 @@ def test_embed_core_patches_the_blocklist() -> None:
         debian.embed_core(bytes(1024))
 
 
-def test_recipe_hash_is_stable() -> None:
-    assert debian.recipe_hash() == debian.recipe_hash()
-    assert len(debian.recipe_hash()) == 16
-    assert debian.cached_image_path().name.endswith(f"{debian.recipe_hash()}.qcow2")
+# Everything recipe_hash() covers; each must change the hash (and so the cached image's name).
+RECIPE_INPUTS = [
+    "RECIPE_VERSION",
+    "SUITE",
+    "PACKAGES",
+    "CLOUD_CFG",
+    "NETWORKD",
+    "SSHD",
+    "FSTAB",
+    "GRUB_CFG",
+    "GRUB_EARLY",
+    "GRUB_PC_MODULES",
+    "GRUB_EFI_MODULES",
+    "DISK_SIZE",
+    "ESP_SIZE",
+]
+
+
+def _changed(value: object) -> object:
+    if isinstance(value, bool) or not isinstance(value, int | str | list):
+        raise TypeError(f"no way to change a {type(value).__name__} here")
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, str):
+        return value + "# changed\n"
+    return [*value, "changed"]
+
+
+@pytest.mark.parametrize("name", RECIPE_INPUTS)
+def test_recipe_hash_changes_with_each_input(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = debian.recipe_hash()
+    assert re.fullmatch("[0-9a-f]{16}", before), before
+    monkeypatch.setattr(debian, name, _changed(getattr(debian, name)))
+    after = debian.recipe_hash()
+    assert after != before, f"changing {name} does not change the recipe hash"
+    assert debian.cached_image_path().name == f"debian-12-amd64-{after}.qcow2"
+
+
+def test_recipe_hash_is_the_same_in_every_process() -> None:
+    """The cache name must not depend on the process (hash seed, set/dict order, ids)."""
+    code = "from agent_swarm.images import debian; print(debian.recipe_hash())"
+    seen = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout.strip()
+        for seed in ("0", "1", "12345")
+    }
+    assert seen == {debian.recipe_hash()}

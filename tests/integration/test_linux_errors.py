@@ -107,7 +107,16 @@ def test_no_qemu_on_path(swarm: Swarm) -> None:
     r = swarm(
         "project", "create", "p3", check=False, env={"PATH": str(Path(sys.executable).parent)}
     )
-    assert_clean_error(r, 4, "qemu")
+    # The qemu check's own message and hint (providers/libvirt/probe.py), not just any error
+    # that names qemu (every libvirt error names its URI, qemu:///system).
+    assert_clean_error(
+        r,
+        4,
+        "Error: the libvirt provider cannot run on this host: "
+        "no qemu-system binary for this architecture on PATH\n",
+        "Hint: apt install qemu-system-x86 (or qemu-system-arm on arm64)\n",
+    )
+    assert "qemu:///" not in r.stderr
 
 
 @pytest.fixture

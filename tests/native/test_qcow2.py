@@ -456,7 +456,12 @@ def test_convert_is_sparse(tmp_path: Path) -> None:
 
 def test_convert_v2_image(tmp_path: Path) -> None:
     src = make_qcow2(tmp_path / "v2.qcow2", 32 * MiB, "write -P 0x33 1M 3M", opts="compat=0.10")
-    assert_same_as_qemu(src, tmp_path)
+    assert (
+        json.loads(qemu_img("info", "--output=json", src))["format-specific"]["data"]["compat"]
+        == "0.10"
+    )
+    data = assert_same_as_qemu(src, tmp_path)
+    assert data == bytes(MiB) + b"\x33" * (3 * MiB) + bytes(28 * MiB)
 
 
 @pytest.mark.parametrize("cluster_size", [4096, 65536, 2 * MiB])
@@ -496,6 +501,7 @@ def test_convert_compressed_in_backing_of_smaller_clusters(tmp_path: Path) -> No
     raw = make_raw(tmp_path / "c.raw", 8 * MiB, "write -P 0x5c 0 8M")
     base = tmp_path / "base.qcow2"
     qemu_img("convert", "-q", "-c", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=2M", raw, base)
+    assert json.loads(qemu_img("check", "--output=json", base)).get("compressed-clusters") == 4
     top = make_qcow2(
         tmp_path / "top.qcow2",
         8 * MiB,
@@ -504,7 +510,11 @@ def test_convert_compressed_in_backing_of_smaller_clusters(tmp_path: Path) -> No
         opts="cluster_size=4096",
         backing=base,
     )
-    assert_same_as_qemu(top, tmp_path)
+    data = assert_same_as_qemu(top, tmp_path)
+    expected = bytearray(b"\x5c" * (8 * MiB))
+    expected[MiB : MiB + 4096] = b"\x11" * 4096
+    expected[3 * MiB : 3 * MiB + 8192] = bytes(8192)
+    assert data == expected
 
 
 def test_convert_zero_clusters(tmp_path: Path) -> None:

@@ -198,8 +198,20 @@ def test_push_leaves_nothing_when_writing_fails(shm: Path) -> None:
 
 
 def test_wrap_only_accepts_paths_push_makes() -> None:
-    with pytest.raises(ValueError):
-        envinject.wrap("true", "/tmp/x; rm -rf ~")
+    good = f"/dev/shm/.agent-swarm-env-{uuid.uuid4().hex}/env"
+    rc = envinject.EXIT_ENV_FAILED
+    assert envinject.wrap("true", good).endswith(f"3< {good} || exit {rc}\ntrue")
+    assert envinject.wrap("true", None) == "true"
+    for bad in (
+        "/tmp/x; rm -rf ~",
+        f"{good}; rm -rf ~",
+        f"{good}\n",
+        good.replace("/env", "/../../../etc/passwd"),
+        good.replace(good.split("-env-")[1][:32], "0123456789ABCDEF" * 2),
+        "/dev/shm/.agent-swarm-env-" + "g" * 32 + "/env",
+    ):
+        with pytest.raises(ValueError, match="not an env file made by push"):
+            envinject.wrap("true", bad)
 
 
 RESERVED = [
@@ -449,30 +461,28 @@ def test_sanitize_bytes_newlines_tabs_and_length() -> None:
     assert sanitize("plain text: ünïcødé ✓ 日本語") == "plain text: ünïcødé ✓ 日本語"
 
 
-class FakeSSH:
-    def close(self) -> None:
-        pass
-
-
 @pytest.fixture
 def wait_ready(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Callable[[str, str], InvalidState]:
-    """Run Swarm._wait_ready against canned guest output; returns the error it raised."""
-    from agent_swarm import swarm
-    from agent_swarm.ssh import client
+    """Run Guest.wait_ready against canned guest output; returns the error it raised."""
+    from agent_swarm import guest
 
     def run(status: str, setup_log: str) -> InvalidState:
         answers = iter([(1, status, ""), (0, setup_log, "")])
-        monkeypatch.setattr(client, "run_capture", lambda *a, **k: next(answers))
-        fake = SimpleNamespace(
-            provider=SimpleNamespace(ssh_endpoint=lambda spec: None),
-            _ssh=lambda *a, **k: FakeSSH(),
-            progress=lambda msg: None,
-        )
+
+        class Session:
+            def run(self, command: str, timeout: float) -> tuple[int, str, str]:
+                return next(answers)
+
+            def close(self) -> None:
+                pass
+
+        provider = SimpleNamespace(guest_session=lambda spec: Session())
+        g = guest.Guest(SimpleNamespace(progress=lambda msg: None))  # type: ignore[arg-type]
         spec = SimpleNamespace(kind="project", name="p1", serial_log=Path("/x/serial.log"))
         with pytest.raises(InvalidState) as ei:
-            swarm.Swarm._wait_ready(fake, spec, "ssh-ed25519 AAAA", "project p1")  # type: ignore[arg-type]
+            g.wait_ready(provider, spec, "ssh-ed25519 AAAA", "project p1")  # type: ignore[arg-type]
         return ei.value
 
     return run
@@ -498,7 +508,10 @@ def test_doctor_fix_errors_are_clean() -> None:
     def action() -> None:
         raise SSHError("banner \x1b]0;owned\x07 from the VM \u202e gnp.exe\r\nFAKE: ok")
 
-    doc = Doctor(SimpleNamespace(reg=None, refresh_ssh_config=lambda: None))  # type: ignore[arg-type]
+    core = SimpleNamespace(
+        reg=None, layout=None, vms=SimpleNamespace(refresh_ssh_config=lambda: None)
+    )
+    doc = Doctor(core)  # type: ignore[arg-type]
     f = Finding("x", "project p", "d", "fix it", action)
     doc.fix([f])
     assert f.error is not None and _has_controls(f.error) == []

@@ -32,9 +32,17 @@ def test_journal_is_a_per_vm_lock_that_cannot_go_stale(reg: Registry) -> None:
     e = reg.journal_begin("create", "task", "t1")
     with pytest.raises(Busy, match="busy: create in progress"):
         reg.journal_begin("delete", "task", "t1")
-    reg.journal_begin("create", "task", "t2").__index__()  # other VMs are independent
+    # Other VMs are independent: a task of another name, a project of the same name.
+    e2 = reg.journal_begin("create", "task", "t2")
+    e3 = reg.journal_begin("create", "project", "t1")
+    assert len({e, e2, e3}) == 3 and all(isinstance(i, int) and i > 0 for i in (e, e2, e3))
+    assert sorted((j.kind, j.name) for j in reg.journal()) == [
+        ("project", "t1"),
+        ("task", "t1"),
+        ("task", "t2"),
+    ]
     reg.journal_step(e, "disk", "detail")
-    (entry,) = [j for j in reg.journal() if j.name == "t1"]
+    (entry,) = [j for j in reg.journal() if (j.kind, j.name) == ("task", "t1")]
     assert (entry.op, entry.step, entry.detail, entry.pid) == (
         "create",
         "disk",
@@ -185,7 +193,7 @@ def test_gc_removes_unused_generations_without_changing_content(
     swarm_home: Path, tmp_path: Path
 ) -> None:
     from agent_swarm import native
-    from agent_swarm.swarm import Swarm
+    from agent_swarm.core import Core
 
     swarm_home.mkdir(parents=True)
     r = Registry(swarm_home / "registry.db")
@@ -215,10 +223,10 @@ def test_gc_removes_unused_generations_without_changing_content(
     subprocess.run(
         ["qemu-img", "convert", "-O", "raw", str(pdir / "gen-3.qcow2"), str(before)], check=True
     )
-    sw = Swarm(r)
-    assert [(i["project"], i["generation"]) for i in sw.gc_plan()] == [("p", 2)]
-    for item in sw.gc_plan():
-        sw.gc_remove(item)
+    core = Core(r)  # gc needs no provider: it never asks one
+    assert [(i["project"], i["generation"]) for i in core.gc.plan()] == [("p", 2)]
+    for item in core.gc.plan():
+        core.gc.remove(item)
     assert sorted(p.name for p in pdir.glob("gen-*")) == ["gen-1.qcow2", "gen-3.qcow2"]
     assert [g.generation for g in r.list_generations("p")] == [1, 3]
     info = native.image_info(pdir / "gen-3.qcow2")
@@ -232,6 +240,6 @@ def test_gc_removes_unused_generations_without_changing_content(
     assert cmp.returncode == 0, cmp.stdout + cmp.stderr
     for img in (pdir / "gen-3.qcow2", pdir / "disk.qcow2"):
         assert subprocess.run(["qemu-img", "check", "-q", str(img)]).returncode == 0
-    assert sw.gc_plan() == []  # gen 1 is pinned by 'old', gen 3 is the newest
+    assert core.gc.plan() == []  # gen 1 is pinned by 'old', gen 3 is the newest
     assert not list(pdir.glob(".*.tmp"))
     r.close()

@@ -195,3 +195,73 @@ def test_vms_from_before_isolation_keep_their_host_access(tmp_path: Path) -> Non
         assert r.get_project("old").host_access is True
         r.add_project("new", base_image="b", provider="libvirt", cpus=1, memory_mib=512, disk_gib=1)
         assert r.get_project("new").host_access is False
+
+
+def test_schema_4_keeps_every_row_and_relaxes_the_libvirt_checks(tmp_path: Path) -> None:
+    """Schema v4 rebuilds tables (CHECKs): every row survives, generations learn their format,
+    provider and shape, references are still enforced, and non-libvirt values pass."""
+    import sqlite3
+    from importlib import resources
+
+    from agent_swarm.errors import InvalidState
+
+    db = tmp_path / "registry.db"
+    con = sqlite3.connect(db)
+    mig = resources.files("agent_swarm.registry.migrations")
+    for n in ("0001_initial.sql", "0002_journal.sql", "0003_host_access.sql"):
+        con.executescript(mig.joinpath(n).read_text())
+    con.execute("PRAGMA user_version = 3")
+    con.executescript(
+        "INSERT INTO base_images (name, path, format, virtual_size, source)"
+        "  VALUES ('b', '/x', 'qcow2', 1, 'file:/x');"
+        "INSERT INTO projects (name, base_image, provider, cpus, memory_mib, disk_gib, host_key)"
+        "  VALUES ('p', 'b', 'libvirt', 2, 1024, 8, 'ssh-ed25519 K');"
+        "INSERT INTO generations (project, generation, path) VALUES ('p', 1, '/g1');"
+        "INSERT INTO tasks (name, project, generation, provider, cpus, memory_mib)"
+        "  VALUES ('t', 'p', 1, 'libvirt', 1, 512);"
+        "INSERT INTO ports (port, owner_kind, owner_name) VALUES (41000, 'task', 't');"
+        "INSERT INTO journal (op, kind, name, pid, pid_start)"
+        "  VALUES ('seal', 'project', 'p', 1, 'x');"
+    )
+    con.commit()
+    con.close()
+    with Registry(db) as r:
+        assert r.schema_version == SCHEMA_VERSION >= 4
+        p = r.get_project("p")
+        assert (p.provider, p.cpus, p.host_key, p.host_access) == (
+            "libvirt",
+            2,
+            "ssh-ed25519 K",
+            False,  # inserted after 0003: the column's default
+        )
+        g = r.get_generation("p", 1)
+        assert (g.format, g.provider, g.cpus, g.memory_mib, g.disk_gib) == (
+            "qcow2",
+            "libvirt",
+            2,
+            1024,
+            8,
+        )
+        assert g.memory_image is None and g.host_key is None
+        assert r.get_task("t").generation == 1 and r.port_of("task", "t") == 41000
+        assert [e.op for e in r.journal()] == ["seal"]
+        # references survive the rebuild: a pinned generation cannot go
+        with pytest.raises(InvalidState):
+            r.remove_generation("p", 1)
+        # values only other providers use now pass
+        r.add_project(
+            "vz",
+            base_image="b",
+            provider="vz",
+            cpus=1,
+            memory_mib=512,
+            disk_gib=1,
+            network="shared",
+        )
+        g2 = r.add_generation("vz", "/vz/gen-1.img", format="raw")
+        assert (g2.format, g2.provider) == ("raw", "vz")
+        r.journal_end(r.journal_begin("gc", "project", "vz"))
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA foreign_key_check").fetchall() == []
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()

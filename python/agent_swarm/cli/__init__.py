@@ -46,6 +46,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("status:doctor", "Find (and with --fix repair) inconsistent state."),
     "gc": ("status:gc", "Remove template generations no VM uses."),
 }
+# Not in --help: run by OpenSSH (ProxyCommand in the generated ssh_config), not by people.
+HIDDEN: dict[str, str] = {"ssh-proxy": "access:ssh_proxy"}
 
 
 class LazyGroup(click.Group):
@@ -56,13 +58,14 @@ class LazyGroup(click.Group):
     ) -> None:
         super().__init__(*args, **kw)
         self.lazy = lazy or {}
+        self.unlisted: dict[str, str] = {}  # lazy too, but not in --help
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [*self.lazy, *sorted(super().list_commands(ctx))]
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in self.lazy:
-            ref = self.lazy[name][0]
+        ref = self.lazy[name][0] if name in self.lazy else self.unlisted.get(name)
+        if ref is not None:
             module, _, attr = ref.partition(":")
             cmd = getattr(importlib.import_module(f"agent_swarm.cli.commands.{module}"), attr)
             assert isinstance(cmd, click.Command)
@@ -95,6 +98,10 @@ def _hoist_global_flags(argv: list[str]) -> list[str]:
 
 
 class SwarmGroup(LazyGroup):
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.unlisted = HIDDEN
+
     def main(  # type: ignore[override]
         self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any
     ) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -11,8 +10,8 @@ import click
 
 if TYPE_CHECKING:
     from agent_swarm.cli.progress import Progress
+    from agent_swarm.core import Core
     from agent_swarm.registry import Registry
-    from agent_swarm.swarm import Swarm
 
 
 @dataclass
@@ -20,7 +19,7 @@ class AppContext:
     as_json: bool = False
     debug: bool = False
     _registry: Registry | None = field(default=None, repr=False)
-    _swarm: Swarm | None = field(default=None, repr=False)
+    _core: Core | None = field(default=None, repr=False)
     _progress: Progress | None = field(default=None, repr=False)
 
     @property
@@ -42,18 +41,20 @@ class AppContext:
         return self._progress
 
     @property
-    def swarm(self) -> Swarm:
-        if self._swarm is None:
-            from agent_swarm.swarm import Swarm
+    def core(self) -> Core:
+        """The composition root (registry, layout, providers, services) for this command."""
+        if self._core is None:
+            from agent_swarm.core import Core
 
-            self._swarm = Swarm(self.registry, progress=self.progress)
-        return self._swarm
+            self._core = Core(self.registry, progress=self.progress)
+        return self._core
 
     def close(self) -> None:
         if self._progress is not None:
             self._progress.done()
-        if self._swarm is not None and self._swarm._provider is not None:
-            self._swarm._provider.close()
+        if self._core is not None:
+            self._core.close_providers()
+            self._core = None
         if self._registry is not None:
             self._registry.close()
             self._registry = None
@@ -88,7 +89,3 @@ def obj(ctx: click.Context | None = None) -> AppContext:
         app = AppContext()
         c.obj = app
     return app
-
-
-def stdout_is_tty() -> bool:
-    return sys.stdout.isatty()

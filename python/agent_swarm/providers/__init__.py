@@ -8,10 +8,12 @@ looks at the host (binaries, sockets, devices) and imports no heavy dependency.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import TYPE_CHECKING
 
 from agent_swarm.errors import ConfigError, ProviderUnavailable
+from agent_swarm.providers.base import Capabilities
 
 if TYPE_CHECKING:
     from agent_swarm.providers.base import ProbeResult, Provider
@@ -29,12 +31,30 @@ PROVIDERS: dict[str, tuple[str, str]] = {
     ),
 }
 
+# Extra providers for tests ("name=module:Class[,name=module:Class]"): the fake provider of
+# tests/fakes registers itself this way. Its probe is the class's ``probe`` classmethod.
+TEST_PROVIDERS_ENV = "AGENT_SWARM_TEST_PROVIDERS"
+# The provider new projects use when none is given (default: this platform's).
+DEFAULT_ENV = "AGENT_SWARM_PROVIDER"
+
+
+def _test_providers() -> dict[str, str]:
+    out = {}
+    for item in os.environ.get(TEST_PROVIDERS_ENV, "").split(","):
+        name, sep, ref = item.strip().partition("=")
+        if sep and name and ref:
+            out[name] = ref
+    return out
+
+
 INSTALL_HINTS = {
     "libvirt": "pip install 'agent-swarm[libvirt]' (needs libvirt-dev and pkg-config to build)",
 }
 
 
 def default_provider_name(platform: str | None = None) -> str:
+    if platform is None and os.environ.get(DEFAULT_ENV):
+        return os.environ[DEFAULT_ENV]
     p = platform or sys.platform
     return {"darwin": "vz", "win32": "hyperv"}.get(p, "libvirt")
 
@@ -44,24 +64,48 @@ def _load(ref: str) -> object:
     return getattr(importlib.import_module(module), attr)
 
 
+def names() -> list[str]:
+    return [*PROVIDERS, *_test_providers()]
+
+
 def _check_name(name: str) -> tuple[str, str]:
+    extra = _test_providers()
+    if name in extra:
+        return extra[name], f"{extra[name]}.probe"
     try:
         return PROVIDERS[name]
     except KeyError:
         raise ConfigError(
-            f"unknown provider {name!r}", hint=f"choose one of: {', '.join(PROVIDERS)}"
+            f"unknown provider {name!r}", hint=f"choose one of: {', '.join(names())}"
         ) from None
 
 
 def probe(name: str) -> ProbeResult:
     _, probe_ref = _check_name(name)
-    fn = _load(probe_ref)
-    result: ProbeResult = fn()  # type: ignore[operator]
+    module, _, attr = probe_ref.partition(":")
+    if "." in attr:  # a test provider: Class.probe
+        cls_name, _, meth = attr.partition(".")
+        fn = getattr(_load(f"{module}:{cls_name}"), meth)
+    else:
+        fn = _load(probe_ref)
+    result: ProbeResult = fn()  # type: ignore[operator,unused-ignore]
     return result
 
 
 def probe_all() -> list[ProbeResult]:
-    return [probe(n) for n in PROVIDERS]
+    return [probe(n) for n in names()]
+
+
+def capabilities(name: str) -> Capabilities | None:
+    """A provider's declared capabilities (its class's), without connecting; None when its
+    implementation cannot be imported here."""
+    impl_ref, _ = _check_name(name)
+    try:
+        cls = _load(impl_ref)
+    except ImportError:
+        return None
+    caps = getattr(cls, "capabilities", None)
+    return caps if isinstance(caps, Capabilities) else None
 
 
 def get_provider(name: str | None = None) -> Provider:

@@ -1,15 +1,21 @@
-"""The provider interface: what a VM backend (libvirt/QEMU, macOS VZ, Hyper-V) must do.
+"""The provider contract: everything the core knows of a VM backend.
 
-Providers only define, start, stop and inspect VMs. Core code builds disks (through
-:mod:`agent_swarm.native`), cloud-init seed ISOs and secrets, in the disk format the provider
-lists in :attr:`Capabilities.disk_formats`.
+A provider (libvirt/QEMU on Linux, Virtualization.framework on macOS, Hyper-V on Windows, the
+fake in ``tests/fakes``) only defines, starts, stops and inspects VMs. The core builds their
+disks (in :attr:`Capabilities.disk_format`, through :mod:`agent_swarm.disks`), cloud-init
+seeds, keys and registry rows, and branches on nothing but the declared
+:class:`Capabilities` — never on a provider's name or class (lima ``pkg/driver``, multipass
+``VirtualMachineFactory``).
+
+Every method takes the :class:`~agent_swarm.models.VMSpec` the core built; runtime state is
+always read live from the provider, never stored by the core.
 """
 
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from agent_swarm.errors import UnsupportedByProvider
 from agent_swarm.models import InstanceState, SSHEndpoint, VMSpec
@@ -17,10 +23,31 @@ from agent_swarm.models import InstanceState, SSHEndpoint, VMSpec
 
 @dataclass(frozen=True, slots=True)
 class Capabilities:
-    disk_formats: tuple[str, ...] = ("qcow2",)
+    """What a provider can do; the core's only source of provider differences."""
+
+    # The disk format the core builds this provider's base, generation and VM disks in:
+    # "qcow2" (overlays), "raw" (clonefile/reflink clones) or "vhdx" (differencing disks).
+    disk_format: str = "qcow2"
     snapshots: bool = False  # disk checkpoints of a stopped VM
     memory_snapshots: bool = False  # checkpoints of a running VM, memory included
     suspend: bool = False
+    # The guest's SSH address is known only at run time (a DHCP lease): the core allocates
+    # no loopback port and resolves the address on every connection attempt.
+    dynamic_address: bool = False
+    warm_clones: bool = False  # a task can resume from a template's memory image
+    networks: tuple[str, ...] = ("user",)  # accepted VMSpec.network values, default first
+    host_needs: tuple[str, ...] = ()  # what it needs on the host (shown by `providers`)
+
+
+@dataclass(frozen=True, slots=True)
+class VMStatus:
+    """One VM as the provider sees it."""
+
+    state: InstanceState
+    reason: str | None = None  # why, for BROKEN/MISSING
+    # How people find it with the provider's own tools ("domain agent-swarm-1a2b3c-task-x");
+    # doctor names orphans by it.
+    label: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,15 +87,23 @@ class ProviderInfo:
     capabilities: Capabilities
 
 
-class Provider(abc.ABC):
-    """A VM backend. Implementations live in ``agent_swarm.providers.<name>``.
+class GuestSession(Protocol):
+    """A command channel into a running guest (SSH unless the provider offers its own)."""
 
-    Every method takes the :class:`~agent_swarm.models.VMSpec` the core built (disk, seed,
-    console log, forwarded port); runtime state is always read live, never stored.
-    """
+    def run(self, command: str, timeout: float) -> tuple[int, str, str]:
+        """Run ``command`` with ``sh -c``; (exit code, stdout, stderr)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Provider(abc.ABC):
+    """A VM backend. Implementations live in ``agent_swarm.providers.<name>``."""
 
     name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
 
+    # ---- host ----
     @abc.abstractmethod
     def info(self) -> ProviderInfo: ...
 
@@ -76,12 +111,22 @@ class Provider(abc.ABC):
     def check_host(self) -> None:
         """Raise :class:`~agent_swarm.errors.ProviderUnavailable` (with a hint) if unusable."""
 
+    def startup_notice(self) -> str | None:
+        """One line the user should read once before the first VM boots (e.g. "no KVM:
+        running under emulation, expect slow boots"), or None."""
+        return None
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    # ---- lifecycle ----
     @abc.abstractmethod
     def define(self, spec: VMSpec) -> None:
-        """Define the VM (idempotent)."""
+        """Define (or redefine) the VM; idempotent. Its disk and seed exist already."""
 
     @abc.abstractmethod
-    def start(self, spec: VMSpec) -> None: ...
+    def start(self, spec: VMSpec) -> None:
+        """Boot it; on a running VM, repair what :meth:`runtime_problem` reports."""
 
     @abc.abstractmethod
     def stop(self, spec: VMSpec, *, force: bool = False, timeout: float = 90) -> None:
@@ -89,18 +134,41 @@ class Provider(abc.ABC):
 
     @abc.abstractmethod
     def delete(self, spec: VMSpec) -> None:
-        """Remove the VM and its checkpoints; "already gone" is success."""
+        """Power off and remove the VM and its checkpoints; "already gone" is success.
+        The VM's files (disk, seed) are the core's."""
 
     @abc.abstractmethod
-    def status(self, spec: VMSpec) -> tuple[InstanceState, str | None]:
+    def status(self, spec: VMSpec) -> VMStatus:
         """Live state and, for BROKEN/MISSING, the reason. Never raises."""
 
     @abc.abstractmethod
-    def ssh_endpoint(self, spec: VMSpec) -> SSHEndpoint: ...
+    def list_ours(self) -> dict[tuple[str, str], VMStatus]:
+        """Every VM of this state directory the provider knows, keyed by (kind, name), in
+        one call (``list`` of 100 VMs must not cost 100 round trips)."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release connections."""
+    def owner_of(self, kind: str, name: str) -> str | None:
+        """The state directory a VM listed by :meth:`list_ours` was created for, where the
+        provider records it (None: unknown). Lets doctor leave another directory's VMs
+        alone when names collide."""
+        return None
 
+    def runtime_problem(self, spec: VMSpec) -> str | None:
+        """Why a running VM is not usable although it runs (e.g. its network helper died),
+        or None. :meth:`start` repairs it. Cheap when all is well."""
+        return None
+
+    # ---- access ----
+    @abc.abstractmethod
+    def ssh_endpoint(self, spec: VMSpec) -> SSHEndpoint:
+        """Where the guest's sshd answers now. With ``dynamic_address`` this may raise
+        :class:`~agent_swarm.errors.Timeout` ("no address yet"): callers retry."""
+
+    def guest_session(self, spec: VMSpec) -> GuestSession | None:
+        """A provider's own command channel into the guest (vsock, a test double), used for
+        readiness and identity reset instead of SSH. None: use SSH."""
+        return None
+
+    # ---- checkpoints ----
     def checkpoint(self, spec: VMSpec, tag: str) -> None:
         raise UnsupportedByProvider("checkpoints", provider=self.name)
 
@@ -108,4 +176,5 @@ class Provider(abc.ABC):
         raise UnsupportedByProvider("checkpoints", provider=self.name)
 
     def list_checkpoints(self, spec: VMSpec) -> list[dict[str, Any]]:
+        """[{"name", "created" (epoch seconds), "state"}], oldest first."""
         raise UnsupportedByProvider("checkpoints", provider=self.name)

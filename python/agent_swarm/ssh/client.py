@@ -79,7 +79,7 @@ _RETRYABLE = (
 
 
 def wait_for_ssh(
-    ep: SSHEndpoint,
+    ep: SSHEndpoint | Callable[[], SSHEndpoint],
     host_public: str,
     client_key: Path,
     *,
@@ -89,7 +89,10 @@ def wait_for_ssh(
     progress: Callable[[str], None] | None = None,
     alive: Callable[[], bool] | None = None,
 ) -> paramiko.SSHClient:
-    """Retry until SSH answers with the pinned key, within ``timeout`` seconds."""
+    """Retry until SSH answers with the pinned key, within ``timeout`` seconds.
+
+    ``ep`` may be a function: it is asked on every attempt (an address that appears only
+    after boot, a DHCP lease, raises :class:`Timeout` until then)."""
     t0 = time.monotonic()
     last_err = "no answer"
     while True:
@@ -106,7 +109,13 @@ def wait_for_ssh(
         if progress:
             progress(f"waiting for SSH ({elapsed:.0f}s) {last_console_line(serial_log)}")
         try:
-            return connect(ep, host_public, client_key, timeout=min(10.0, timeout))
+            where = ep() if callable(ep) else ep
+        except Timeout as exc:  # no address yet
+            last_err = exc.message
+            time.sleep(1.0)
+            continue
+        try:
+            return connect(where, host_public, client_key, timeout=min(10.0, timeout))
         except HostKeyMismatch:
             raise
         except paramiko.AuthenticationException as exc:

@@ -25,9 +25,11 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
+from agent_swarm.ssh.config import GUEST_USER
+
 log = logging.getLogger(__name__)
 
-GUEST_DIR = "/home/worker/.agent-swarm"
+GUEST_DIR = f"/home/{GUEST_USER}/.agent-swarm"
 GUEST_SOCKET = f"{GUEST_DIR}/code.sock"
 GUEST_SCRIPT_PATH = "/usr/local/bin/code"
 MAX_REQUEST = 64 * 1024

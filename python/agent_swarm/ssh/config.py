@@ -20,7 +20,7 @@ from agent_swarm.ssh import keys
 
 SSH_CONFIG = "ssh_config"
 KNOWN_HOSTS = "known_hosts"
-USER = "worker"
+GUEST_USER = "worker"  # the login user in every guest (cloud-init creates it)
 INCLUDE_MARK = "# added by agent-swarm (remove with: agent-swarm ssh-config --uninstall)"
 
 
@@ -33,22 +33,39 @@ def alias(kind: str, name: str) -> str:
 class Entry:
     kind: str
     name: str
-    port: int
+    port: int  # the loopback port forwarded to the guest's sshd; 0: a dynamic address
     host_key: str
     project: str  # the project itself, or the task's project: whose settings apply
 
 
 def entries(reg: Registry) -> list[Entry]:
+    """Every VM with a pinned host key. One with a loopback port (user networking) gets a
+    fixed HostName/Port; any other (a DHCP address known only at run time) is reached
+    through ``agent-swarm ssh-proxy``, which asks its provider for the address at each
+    connection."""
     out = []
+    ports = {(kind, name): port for port, kind, name in reg.ports()}  # one query, not N
     for p in reg.list_projects():
-        port = reg.port_of("project", p.name)
-        if port and p.host_key and p.network == "user":
+        if p.host_key:
+            port = ports.get(("project", p.name), 0) if p.network == "user" else 0
             out.append(Entry("project", p.name, port, p.host_key, p.name))
     for t in reg.list_tasks():
-        port = reg.port_of("task", t.name)
-        if port and t.host_key and t.network == "user":
+        if t.host_key:
+            port = ports.get(("task", t.name), 0) if t.network == "user" else 0
             out.append(Entry("task", t.name, port, t.host_key, t.project))
     return out
+
+
+def proxy_command(kind: str, name: str) -> str:
+    """``ProxyCommand`` for a VM whose address is dynamic: this Python, this state
+    directory (OpenSSH runs it with the user's shell; ``%`` is its token character)."""
+    import shlex
+    import sys
+
+    argv = [sys.executable, "-m", "agent_swarm", "ssh-proxy", kind, name]
+    home = shlex.quote(_check_path(paths.home()))
+    line = f"env {paths.ENV_HOME}={home} " + " ".join(shlex.quote(a) for a in argv)
+    return line.replace("%", "%%")
 
 
 # ---- writing paths so that OpenSSH reads back exactly that path ----
@@ -108,11 +125,15 @@ def render(es: list[Entry]) -> tuple[str, str]:
         kind, blob = keys.public_key_blob(e.host_key)
         forward = "yes" if settings.for_project(e.project, conf).forward_agent else "no"
         hosts.append(f"{a} {kind} {blob}\n")
+        where = (
+            f"  HostName 127.0.0.1\n  Port {e.port}\n"
+            if e.port
+            else f"  ProxyCommand {proxy_command(e.kind, e.name)}\n"
+        )
         blocks.append(
             f"Host {a}\n"
-            f"  HostName 127.0.0.1\n"
-            f"  Port {e.port}\n"
-            f"  User {USER}\n"
+            f"{where}"
+            f"  User {GUEST_USER}\n"
             f"  IdentityFile {key}\n"
             f"  IdentitiesOnly yes\n"
             f"  UserKnownHostsFile {kh}\n"

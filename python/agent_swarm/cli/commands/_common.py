@@ -58,20 +58,6 @@ PROJECT = Name("project name")
 IMAGE = Name("base image name")
 
 
-def not_yet(what: str) -> AgentSwarmError:
-    return AgentSwarmError(
-        f"{what} is not implemented in this version of agent-swarm yet",
-        hint="see `agent-swarm providers` for what this host and version can run",
-    )
-
-
-def require_provider(name: str | None = None) -> Any:
-    """The provider to use (raises ProviderUnavailable with a hint when it cannot run)."""
-    from agent_swarm.providers import get_provider
-
-    return get_provider(name)
-
-
 def _vm_env(kind: str, name: str) -> dict[str, str]:
     """The encrypted env vars for a VM: global, overridden by its project's."""
     from agent_swarm.secrets import EnvStore
@@ -94,7 +80,7 @@ def exec_in_vm(kind: str, name: str, command: tuple[str, ...], *, tty: bool = Fa
 
     app = obj()
     env = _vm_env(kind, name)
-    client = app.swarm.connect(kind, name)
+    client = app.core.vms.connect(kind, name)
     app.progress.done()
     try:
         cmd = command[0] if len(command) == 1 else shlex.join(command)
@@ -135,7 +121,7 @@ def ssh_into_vm(
 
     app = obj()
     env = _vm_env(kind, name)
-    client = app.swarm.connect(kind, name)  # running, and the pinned key matches
+    client = app.core.vms.connect(kind, name)  # running, and the pinned key matches
     try:
         env_file = envinject.push(client, env)
         sftp = client.open_sftp()
@@ -148,7 +134,7 @@ def ssh_into_vm(
             sftp.close()
     finally:
         client.close()
-    app.swarm.refresh_ssh_config()
+    app.core.vms.refresh_ssh_config()
     app.progress.done()
     if command:
         remote: str | None = command[0] if len(command) == 1 else shlex.join(command)
@@ -177,13 +163,13 @@ def open_code(kind: str, name: str, path: str | None) -> int:
             hint="install VS Code and its Remote-SSH extension, then run "
             "`Shell Command: Install 'code' command in PATH` from VS Code",
         )
-    app.swarm.connect(kind, name).close()
-    app.swarm.refresh_ssh_config()
+    app.core.vms.connect(kind, name).close()
+    app.core.vms.refresh_ssh_config()
     user_cfg = Path.home() / ".ssh" / "config"
     if not user_cfg.exists() or config.include_line() not in user_cfg.read_text():
         raise AgentSwarmError(
             "VS Code reads ~/.ssh/config, which does not include agent-swarm's hosts yet",
             hint="run `agent-swarm ssh-config --install` once",
         )
-    target = path or f"/home/{config.USER}"
+    target = path or f"/home/{config.GUEST_USER}"
     return subprocess.call([exe, "--remote", f"ssh-remote+{config.alias(kind, name)}", target])

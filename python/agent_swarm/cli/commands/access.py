@@ -5,6 +5,7 @@ import click
 from agent_swarm.cli.commands._common import (
     FORWARD_AGENT,
     TASK,
+    Name,
     Size,
     exec_in_vm,
     open_code,
@@ -112,13 +113,13 @@ def cp(
         raise click.UsageError("--max-size applies to downloads (copies out of a VM)")
     vm = s_vm or d_vm
     assert vm is not None
-    kind = app.swarm.kind_of(vm)
+    kind = app.core.vms.kind_of(vm)
 
     def notice(message: str) -> None:
         app.progress.done()
         app.info(message)
 
-    client = app.swarm.connect(kind, vm)
+    client = app.core.vms.connect(kind, vm)
     try:
         sftp = client.open_sftp()
         if d_vm is not None:
@@ -172,7 +173,7 @@ def ssh_config(install: bool, uninstall: bool) -> None:
     from agent_swarm.ssh import config
 
     app = obj()
-    path = app.swarm.refresh_ssh_config()
+    path = app.core.vms.refresh_ssh_config()
     if install and uninstall:
         raise click.UsageError("use --install or --uninstall, not both")
     if install:
@@ -192,3 +193,30 @@ def ssh_config(install: bool, uninstall: bool) -> None:
         return
     text = path.read_text()
     app.emit({"config": str(path), "text": text}, text.rstrip("\n"))
+
+
+@click.command("ssh-proxy", hidden=True)
+@click.argument("kind", type=click.Choice(["task", "project"]))
+@click.argument("name", type=Name("VM name"))
+@click.option("--timeout", type=click.FloatRange(1), default=60, show_default=True)
+def ssh_proxy(kind: str, name: str, timeout: float) -> None:
+    """Connect stdin/stdout to a VM's sshd (OpenSSH's ProxyCommand for a VM whose address
+    is known only at run time): the address is asked from its provider now, retried while
+    the VM has none yet."""
+    import time
+
+    from agent_swarm.errors import Timeout
+    from agent_swarm.ssh.relay import relay_stdio
+
+    app = obj()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ep = app.core.vms.endpoint(kind, name)
+            break
+        except Timeout:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    app.close()  # nothing else is needed while bytes flow
+    relay_stdio(ep.host, ep.port, timeout=timeout)

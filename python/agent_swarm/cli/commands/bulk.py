@@ -7,7 +7,8 @@ import click
 
 from agent_swarm.cli import LazyGroup
 from agent_swarm.cli.commands._common import PROJECT, TASK, Size
-from agent_swarm.cli.context import obj, table
+from agent_swarm.cli.context import AppContext, obj, table
+from agent_swarm.errors import AgentSwarmError
 
 
 @click.group(cls=LazyGroup)
@@ -86,8 +87,8 @@ def create(
     dupes = [n for n in names if tasks.count(n) > 1]
     memory_mib = memory >> 20 if memory else None
     p = app.registry.get_project(project)
-    sw = app.swarm
-    notice = sw.provider.accel.notice  # probe KVM once, not in every worker
+    core = app.core
+    notice = core.provider_of(p).startup_notice()  # probed once, not in every worker
     if notice and not no_start:
         app.info(notice)
     per_vm = capacity.Demand(cpus or p.cpus, memory_mib or p.memory_mib, 1)
@@ -96,15 +97,14 @@ def create(
         total = capacity.Demand()
         for _n in names:
             total = total + per_vm
-        sw.check_capacity(total, what=f"creating {len(names)} task VMs")
+        core.capacity.check(total, what=f"creating {len(names)} task VMs")
     n = parallel or capacity.default_parallel(capacity.host(), len(names), per_vm, booting=start)
     live = bulk_mod.LiveLines(names)
     app.info(f"creating {len(names)} task VMs from {project}, {n} at a time")
 
     def work(name: str, progress: Callable[[str], None]) -> str:
-        w = bulk_mod.worker_swarm(progress)
-        try:
-            t = w.task_create(
+        with bulk_mod.worker_core(progress) as w:
+            t = w.tasks.create(
                 project,
                 name,
                 cpus=cpus,
@@ -116,13 +116,18 @@ def create(
             )
             if not start:
                 return f"created (generation {t.generation}, not started)"
-            port = w.reg.port_of("task", name)
             state = "booting" if no_wait else "ready"
-            return f"{state}: ssh {name}.agent-swarm (127.0.0.1:{port})"
-        finally:
-            bulk_mod.close_swarm(w)
+            try:
+                ep = w.vms.endpoint("task", name)
+                where = f" ({ep.host}:{ep.port})"
+            except AgentSwarmError:
+                where = ""  # an address that appears later
+            return f"{state}: ssh {name}.agent-swarm{where}"
 
-    results = bulk_mod.run_parallel(names, work, parallel=n, live=live)
+    try:
+        results = bulk_mod.run_parallel(names, work, parallel=n, live=live)
+    finally:
+        core.vms.refresh_ssh_config(force=True)  # once for the whole bulk
     for d in dupes:
         app.info(f"note: {d} was named more than once; created once")
     _finish(results, "created")
@@ -146,17 +151,26 @@ def delete(tasks: tuple[str, ...], project: str | None, parallel: int | None) ->
     if not names:
         app.emit([], f"Project {project} has no tasks.")
         return
-    _ = app.swarm.provider  # fail early when libvirt is unreachable
+    for t in {app.registry.get_task(n).provider for n in names if _exists(app, n)}:
+        app.core.provider(t)  # fail early when a provider is unreachable
     live = bulk_mod.LiveLines(names)
 
     def work(name: str, progress: Callable[[str], None]) -> str:
-        w = bulk_mod.worker_swarm(progress)
-        try:
+        with bulk_mod.worker_core(progress) as w:
             progress("deleting")
-            w.task_delete(name)
+            w.tasks.delete(name)
             return "deleted"
-        finally:
-            bulk_mod.close_swarm(w)
 
-    results = bulk_mod.run_parallel(names, work, parallel=parallel or 8, live=live)
+    try:
+        results = bulk_mod.run_parallel(names, work, parallel=parallel or 8, live=live)
+    finally:
+        app.core.vms.refresh_ssh_config(force=True)
     _finish(results, "deleted")
+
+
+def _exists(app: AppContext, name: str) -> bool:
+    try:
+        app.registry.get_task(name)
+    except AgentSwarmError:
+        return False
+    return True

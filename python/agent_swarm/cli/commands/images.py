@@ -44,15 +44,15 @@ def init_base(image: str | None, build: str | None, name: str | None, list_: boo
         return
     if image and build:
         raise click.UsageError("use either --image or --build, not both")
-    swarm = app.swarm
+    bases = app.core.images
     if build:
-        img = swarm.base_build(name or build)
+        img = bases.build(name or build)
     elif image and "://" in image:
-        img = swarm.base_download(name or _name_from(image.rsplit("/", 1)[-1]), image)
+        img = bases.download(name or _name_from(image.rsplit("/", 1)[-1]), image)
     elif image:
-        img = swarm.base_register(name or _name_from(image), image)
+        img = bases.register(name or _name_from(image), image)
     else:
-        img = swarm.base_download(name or "ubuntu-24-04")
+        img = bases.download(name or "ubuntu-24-04")
     app.progress.done()
     app.emit(asdict(img), f"Base image {img.name} ready: {img.path} ({_gib(img.virtual_size)})")
 

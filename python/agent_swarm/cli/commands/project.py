@@ -39,11 +39,15 @@ def project() -> None:
 )
 @click.option(
     "--network",
-    type=click.Choice(["user", "nat"]),
-    default="user",
-    show_default=True,
-    help="user: private user-mode network, SSH on a loopback port; nat: libvirt's default "
-    "network (address from DHCP).",
+    metavar="user|nat",
+    help="user (default): a private user-mode network, SSH on a loopback port; nat: the "
+    "provider's NAT network, address from DHCP (where it has one: `agent-swarm providers`).",
+)
+@click.option(
+    "--provider",
+    metavar="NAME",
+    help="The VM backend (default: this platform's, or $AGENT_SWARM_PROVIDER). Its tasks "
+    "use the same one.",
 )
 @click.option(
     "--host-access/--no-host-access",
@@ -61,7 +65,8 @@ def create(
     cpus: int,
     memory: int,
     disk: int,
-    network: str,
+    network: str | None,
+    provider: str | None,
     host_access: bool | None,
     no_wait: bool,
     no_start: bool,
@@ -73,13 +78,14 @@ def create(
     use) as root.
     """
     app = obj()
-    p = app.swarm.project_create(
+    p = app.core.projects.create(
         name,
         base=base,
         cpus=cpus,
         memory_mib=memory >> 20,
         disk_gib=max(1, disk >> 30),
         network=network,
+        provider=provider,
         host_access=host_access,
         wait=not no_wait,
         start=not no_start,
@@ -98,7 +104,7 @@ def create(
 def list_() -> None:
     """List projects, their state and template generations."""
     app = obj()
-    views = app.swarm.list_projects() if app.registry.list_projects() else []
+    views = app.core.views.projects() if app.registry.list_projects() else []
     app.emit(
         [asdict(v) for v in views],
         table(
@@ -143,9 +149,8 @@ def ssh(name: str, command: tuple[str, ...], tty: bool, forward_agent: bool) -> 
     app = obj()
     from agent_swarm.models import InstanceState
 
-    p = app.registry.get_project(name)
-    if app.swarm.provider.status(app.swarm.project_spec(p))[0] is not InstanceState.RUNNING:
-        app.swarm.project_start(name)
+    if app.core.vms.status("project", name).state is not InstanceState.RUNNING:
+        app.core.projects.start(name)
     raise SystemExit(ssh_into_vm("project", name, command, tty=tty, forward_agent=forward_agent))
 
 
@@ -153,9 +158,10 @@ def ssh(name: str, command: tuple[str, ...], tty: bool, forward_agent: bool) -> 
 @click.argument("name", type=PROJECT)
 @click.option("--force", is_flag=True, help="Start even if the host would be oversubscribed.")
 def start(name: str, force: bool) -> None:
-    """Start a project VM (on a fresh overlay of its newest template generation)."""
+    """Start a project VM with its disk as it is (after a seal: the fresh clone of the
+    newest template generation that the seal left it on)."""
     app = obj()
-    app.swarm.project_start(name, force=force)
+    app.core.projects.start(name, force=force)
     app.progress.done(f"Project {name} is running.")
 
 
@@ -176,7 +182,7 @@ def stop(name: str, timeout: float, no_seal: bool) -> None:
     keys) so every task cloned from the template boots as a new machine.
     """
     app = obj()
-    gen = app.swarm.project_stop(name, timeout=timeout, seal=not no_seal)
+    gen = app.core.projects.stop(name, timeout=timeout, seal=not no_seal)
     app.progress.done()
     msg = f"Project {name} stopped" + (f"; sealed template generation {gen}." if gen else ".")
     app.emit({"name": name, "generation": gen}, msg)
@@ -206,5 +212,5 @@ def code(name: str, path: str | None) -> None:
 def delete(name: str) -> None:
     """Delete a project VM, its disks and template generations (tasks must go first)."""
     app = obj()
-    app.swarm.project_delete(name)
+    app.core.projects.delete(name)
     app.emit({"name": name, "deleted": True}, f"Project {name} deleted.")

@@ -20,7 +20,7 @@ def checkpoint(name: str, checkpoint: str | None) -> None:
     stopped VM's checkpoint holds its disk.
     """
     app = obj()
-    cp = app.swarm.checkpoint(name, checkpoint)
+    cp = app.core.checkpoints.create(name, checkpoint)
     app.emit({"name": name, "checkpoint": cp}, f"Checkpoint {cp} of {name} created.")
 
 
@@ -30,7 +30,7 @@ def checkpoint(name: str, checkpoint: str | None) -> None:
 def restore(name: str, checkpoint: str | None) -> None:
     """Restore VM NAME to CHECKPOINT (default: the newest)."""
     app = obj()
-    cp = app.swarm.restore(name, checkpoint)
+    cp = app.core.checkpoints.restore(name, checkpoint)
     app.emit({"name": name, "checkpoint": cp}, f"{name} restored to checkpoint {cp}.")
 
 
@@ -39,7 +39,7 @@ def restore(name: str, checkpoint: str | None) -> None:
 def checkpoints(name: str) -> None:
     """List the checkpoints of VM NAME."""
     app = obj()
-    cps = app.swarm.checkpoints(name)
+    cps = app.core.checkpoints.list(name)
     app.emit(
         cps,
         table(

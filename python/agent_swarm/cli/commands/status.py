@@ -11,14 +11,16 @@ from agent_swarm.cli.context import obj, table
 @click.command()
 def status() -> None:
     """Host CPU/RAM/disk, what each project's VMs take, template generations in use."""
-    from agent_swarm import capacity, native
+    from pathlib import Path
+
+    from agent_swarm import capacity, disks
 
     app = obj()
-    sw = app.swarm
+    core = app.core
     h = capacity.host()
     lim = capacity.limits()
-    tasks = sw.list_tasks() if app.registry.list_tasks() else []
-    projects = sw.list_projects() if app.registry.list_projects() else []
+    tasks = core.views.tasks() if app.registry.list_tasks() else []
+    projects = core.views.projects() if app.registry.list_projects() else []
     running = [v for v in [*projects, *tasks] if v.state == "running"]
     run_cpu = sum(v.cpus for v in running)
     run_mem = sum(v.memory_mib for v in running)
@@ -44,10 +46,7 @@ def status() -> None:
         up = [v for v in vms if v.state == "running"]
         gens: list[dict[str, Any]] = []
         for gen in app.registry.list_generations(pv.name):
-            try:
-                size: int | None = native.image_info(gen.path, chain=False).actual_size
-            except (OSError, ValueError):
-                size = None
+            size = disks.backend_for(gen.format).actual_size(Path(gen.path))
             users = [t.name for t in mine if t.generation == gen.generation]
             gens.append(
                 {
@@ -110,7 +109,7 @@ def status() -> None:
 @click.command()
 def providers() -> None:
     """Show which VM providers this host can run, and why not."""
-    from agent_swarm.providers import default_provider_name, probe_all
+    from agent_swarm.providers import capabilities, default_provider_name, probe_all
 
     app = obj()
     default = default_provider_name()
@@ -130,6 +129,15 @@ def providers() -> None:
             lines.append(f"  [{sym}] {c.name}: {c.detail}")
             if not c.ok and c.hint:
                 lines.append(f"         fix: {c.hint}")
+        caps = capabilities(r.provider) if r.available else None
+        d["capabilities"] = asdict(caps) if caps else None
+        if caps:
+            cps = "disk+memory" if caps.memory_snapshots else "disk" if caps.snapshots else "no"
+            ssh = "asked at run time" if caps.dynamic_address else "a loopback port"
+            lines.append(
+                f"  disks {caps.disk_format}; networks {', '.join(caps.networks)}; "
+                f"{cps} checkpoints; SSH address: {ssh}"
+            )
     app.emit(data, "\n".join(lines))
 
 
@@ -143,7 +151,7 @@ def doctor(fix: bool) -> None:
     from agent_swarm.doctor import Doctor
 
     app = obj()
-    doc = Doctor(app.swarm)
+    doc = Doctor(app.core)
     findings = doc.diagnose()
     if fix and findings:
         doc.fix(findings)
@@ -177,12 +185,12 @@ def gc(yes: bool) -> None:
     been rewritten onto its own backing (same content; running VMs keep what they opened).
     """
     app = obj()
-    plan = app.swarm.gc_plan()
+    plan = app.core.gc.plan()
     if not plan:
         app.emit({"removed": [], "dry_run": not yes}, "Nothing to collect.")
         return
     if yes:
-        plan = [item for item in plan if app.swarm.gc_remove(item)]
+        plan = [item for item in plan if app.core.gc.remove(item)]
     total = sum(i["disk_bytes"] or 0 for i in plan)
     verb = "Removed" if yes else "Would remove"
     lines = [

@@ -36,7 +36,7 @@ def create(
 ) -> None:
     """Create task VM TASK cloned copy-on-write from PROJECT's newest template."""
     app = obj()
-    t = app.swarm.task_create(
+    t = app.core.tasks.create(
         project,
         task,
         cpus=cpus,
@@ -60,7 +60,7 @@ def create(
 def list_(project: str | None) -> None:
     """List task VMs: project, template generation, live state, SSH endpoint, disk used."""
     app = obj()
-    views = app.swarm.list_tasks(project) if app.registry.list_tasks(project) else []
+    views = app.core.views.tasks(project) if app.registry.list_tasks(project) else []
     app.emit(
         [asdict(v) for v in views],
         table(
@@ -88,7 +88,7 @@ def list_(project: str | None) -> None:
 def start(task: str, force: bool) -> None:
     """Start a stopped task VM and wait until SSH answers."""
     app = obj()
-    app.swarm.task_start(task, force=force)
+    app.core.tasks.start(task, force=force)
     app.progress.done(f"Task {task} is running.")
 
 
@@ -98,7 +98,7 @@ def start(task: str, force: bool) -> None:
 def stop(task: str, force: bool) -> None:
     """Stop a task VM (graceful ACPI shutdown, forced after a timeout)."""
     app = obj()
-    app.swarm.task_stop(task, force=force)
+    app.core.tasks.stop(task, force=force)
     app.progress.done(f"Task {task} stopped.")
 
 
@@ -107,5 +107,5 @@ def stop(task: str, force: bool) -> None:
 def delete(task: str) -> None:
     """Delete a task VM, its disk, seed ISO and checkpoints."""
     app = obj()
-    app.swarm.task_delete(task)
+    app.core.tasks.delete(task)
     app.emit({"name": task, "deleted": True}, f"Task {task} deleted.")

@@ -28,7 +28,11 @@ def quoteattr(value: str) -> str:
     return f'"{value}"'
 
 
-def domain_xml(spec: VMSpec, *, domain_name: str, accel: str, home: str) -> str:
+def domain_xml(
+    spec: VMSpec, *, domain_name: str, accel: str, home: str, uuid: str | None = None
+) -> str:
+    """The domain's XML. ``uuid``: the existing domain's (libvirt refuses to redefine a
+    domain under the same name with another UUID, and gives XML without one a new UUID)."""
     a = quoteattr
     arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(
         platform.machine().lower(), platform.machine().lower()
@@ -57,7 +61,7 @@ def domain_xml(spec: VMSpec, *, domain_name: str, accel: str, home: str) -> str:
             "</qemu:commandline>"
         )
     return f"""<domain type='{dtype}' xmlns:qemu='{XMLNS_QEMU}'>
-  <name>{domain_name}</name>
+  <name>{domain_name}</name>{f"<uuid>{uuid}</uuid>" if uuid else ""}
   <title>agent-swarm {spec.kind} {spec.name}</title>
   <metadata>
     <as:vm xmlns:as='{XMLNS_AS}' kind={a(spec.kind)} name={a(spec.name)} home={a(home)}/>

@@ -124,26 +124,55 @@ def _pid_is_ours(pid: int, spec: VMSpec) -> bool:
     return bool(argv) and os.path.basename(argv[0]).startswith(b"passt") and fwd in argv
 
 
-def running_pid(spec: VMSpec) -> int | None:
+def _recorded_pid(spec: VMSpec) -> int | None:
     try:
         pid = int(pid_path(spec).read_text().strip() or 0)
     except (OSError, ValueError):
         return None
-    return pid if pid > 0 and _pid_is_ours(pid, spec) else None
+    return pid if pid > 0 else None
+
+
+def running_pid(spec: VMSpec) -> int | None:
+    pid = _recorded_pid(spec)
+    return pid if pid is not None and _pid_is_ours(pid, spec) else None
+
+
+def _exited(pid: int, spec: VMSpec) -> bool:
+    """True once ``pid`` holds none of passt's sockets: gone, a zombie, or another program
+    (a reused PID). Not merely "no longer ours": a dying process loses its command line
+    before it closes its files, so its forwarded port may still be listening then."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+    if not fields or fields[0] in ("Z", "X", "x"):
+        return True
+    return bool(argv) and not _pid_is_ours(pid, spec)
+
+
+def _wait_exited(pid: int, spec: VMSpec, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not _exited(pid, spec):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def stop(spec: VMSpec) -> None:
-    """Stop this VM's passt (if one runs) and remove its PID file."""
+    """Stop this VM's passt (if one runs, or wait for one that is dying to let go of the
+    VM's port) and remove its PID file."""
     pid = running_pid(spec)
     if pid is not None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and _pid_is_ours(pid, spec):
-            time.sleep(0.05)
-        if _pid_is_ours(pid, spec):
+        if not _wait_exited(pid, spec, 5) and _pid_is_ours(pid, spec):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+            _wait_exited(pid, spec, 5)
+    elif (pid := _recorded_pid(spec)) is not None:
+        _wait_exited(pid, spec, 5)
     pid_path(spec).unlink(missing_ok=True)
 
 

@@ -16,16 +16,14 @@ import libvirt
 from agent_swarm import paths
 from agent_swarm.errors import InvalidState, ProviderError, ProviderUnavailable, Timeout
 from agent_swarm.models import InstanceState, SSHEndpoint, VMSpec
-from agent_swarm.providers.base import Capabilities, Provider, ProviderInfo
+from agent_swarm.providers.base import Capabilities, Provider, ProviderInfo, VMStatus
 from agent_swarm.providers.libvirt import accel as accel_mod
 from agent_swarm.providers.libvirt import net
-from agent_swarm.providers.libvirt.domain import domain_xml
+from agent_swarm.providers.libvirt.domain import XMLNS_AS, domain_xml
+from agent_swarm.ssh.config import GUEST_USER
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-URI = os.environ.get("AGENT_SWARM_LIBVIRT_URI", "qemu:///system")
-SSH_USER = "worker"
 
 _STATES = {
     libvirt.VIR_DOMAIN_RUNNING: InstanceState.RUNNING,
@@ -36,6 +34,13 @@ _STATES = {
     libvirt.VIR_DOMAIN_CRASHED: InstanceState.BROKEN,
     libvirt.VIR_DOMAIN_PMSUSPENDED: InstanceState.PAUSED,
 }
+
+
+def _status(state: int, reason: int, dname: str) -> VMStatus:
+    label = f"domain {dname}"
+    st = _STATES.get(state, InstanceState.BROKEN)
+    why = f"libvirt state {state} (reason {reason})" if st is InstanceState.BROKEN else None
+    return VMStatus(st, why, label)
 
 
 LIBVIRT_TIMEOUT = float(os.environ.get("AGENT_SWARM_LIBVIRT_TIMEOUT", "120"))
@@ -83,6 +88,19 @@ def _quiet_libvirt() -> None:
 
 class LibvirtProvider(Provider):
     name: ClassVar[str] = "libvirt"
+    # ``nat`` VMs get their address from libvirt's DHCP (ssh_endpoint reads the lease), but
+    # ``user`` VMs, the default, have a fixed loopback port: the core allocates one for every
+    # VM, so dynamic_address stays False.
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        disk_format="qcow2",
+        snapshots=True,
+        memory_snapshots=True,
+        suspend=True,
+        dynamic_address=False,
+        warm_clones=False,
+        networks=("user", "nat"),
+        host_needs=("libvirtd (qemu:///system)", "qemu-system-x86_64", "passt"),
+    )
 
     def __init__(self, uri: str | None = None) -> None:
         _quiet_libvirt()
@@ -119,9 +137,7 @@ class LibvirtProvider(Provider):
     def info(self) -> ProviderInfo:
         v = self.conn.getLibVersion()
         return ProviderInfo(
-            self.name,
-            f"libvirt {v // 1000000}.{v // 1000 % 1000}.{v % 1000}",
-            Capabilities(("qcow2",), snapshots=True, memory_snapshots=True, suspend=True),
+            self.name, f"libvirt {v // 1000000}.{v // 1000 % 1000}.{v % 1000}", self.capabilities
         )
 
     def check_host(self) -> None:
@@ -129,18 +145,26 @@ class LibvirtProvider(Provider):
 
     @property
     def accel(self) -> accel_mod.Accel:
+        """KVM or TCG, probed once per provider (and cached on disk by the probe)."""
         if self._accel is None:
             self._accel = accel_mod.choose()
         return self._accel
 
+    def startup_notice(self) -> str | None:
+        return self.accel.notice
+
     # ---- names ----
+    @property
+    def _prefix(self) -> str:
+        return f"agent-swarm-{self._tag}-"
+
     def domain_name(self, spec_or_kind: VMSpec | str, name: str | None = None) -> str:
         """``agent-swarm-<home tag>-<kind>-<name>``: unique per state directory."""
         if isinstance(spec_or_kind, VMSpec):
             kind, name = spec_or_kind.kind, spec_or_kind.name
         else:
             kind = spec_or_kind
-        return f"agent-swarm-{self._tag}-{kind}-{name}"
+        return f"{self._prefix}{kind}-{name}"
 
     def _lookup(self, dname: str) -> libvirt.virDomain | None:
         try:
@@ -169,9 +193,11 @@ class LibvirtProvider(Provider):
     # ---- lifecycle ----
     def define(self, spec: VMSpec) -> None:
         """Define (or redefine) the domain for ``spec``; idempotent."""
-        xml = domain_xml(
-            spec, domain_name=self.domain_name(spec), accel=self.accel.kind, home=self.home
-        )
+        dname = self.domain_name(spec)
+        dom = self._lookup(dname)
+        with self._errors(f"reading the definition of {dname}"):
+            uuid = dom.UUIDString() if dom is not None else None
+        xml = domain_xml(spec, domain_name=dname, accel=self.accel.kind, home=self.home, uuid=uuid)
         bounded(f"defining the VM for {spec.kind} {spec.name!r}", self.conn.defineXML, xml)
 
     def start(self, spec: VMSpec) -> None:
@@ -185,7 +211,7 @@ class LibvirtProvider(Provider):
             # running, but its passt died: a new one (never powers the VM off on failure)
             self._attach_network(spec, dom, just_started=False)
 
-    def network_problem(self, spec: VMSpec) -> str | None:
+    def runtime_problem(self, spec: VMSpec) -> str | None:
         """Why a running VM has no network (its passt is gone), else None. Cheap when all is
         well: a PID file and /proc, no libvirt call unless passt is missing."""
         if not net.isolated(spec) or net.running_pid(spec) is not None:
@@ -274,46 +300,52 @@ class LibvirtProvider(Provider):
                     raise
         net.stop(spec)
 
-    def status(self, spec: VMSpec) -> tuple[InstanceState, str | None]:
+    def status(self, spec: VMSpec) -> VMStatus:
+        dname = self.domain_name(spec)
         try:
-            dom = self._lookup(self.domain_name(spec))
+            dom = self._lookup(dname)
             if dom is None:
-                return InstanceState.MISSING, "no libvirt domain"
+                return VMStatus(InstanceState.MISSING, "no libvirt domain", f"domain {dname}")
             state, reason = dom.state()
-            st = _STATES.get(state, InstanceState.BROKEN)
-            if st is InstanceState.BROKEN:
-                return st, f"libvirt state {state} (reason {reason})"
-            return st, None
+            return _status(state, reason, dname)
         except (libvirt.libvirtError, ProviderError, ProviderUnavailable) as exc:
-            return InstanceState.BROKEN, str(exc)
+            return VMStatus(InstanceState.BROKEN, str(exc), f"domain {dname}")
 
-    def states(self) -> dict[str, tuple[InstanceState, str | None]]:
-        """State of every domain of this state directory, by domain name, in one round trip
-        (``list`` of 100 VMs must not cost 200 RPCs)."""
-        prefix = f"agent-swarm-{self._tag}-"
-        out: dict[str, tuple[InstanceState, str | None]] = {}
+    def list_ours(self) -> dict[tuple[str, str], VMStatus]:
+        """Every domain of this state directory, in one round trip (``list`` of 100 VMs must
+        not cost 200 RPCs)."""
         stats = bounded(
             "reading VM states", self.conn.getAllDomainStats, libvirt.VIR_DOMAIN_STATS_STATE, 0
         )
+        out: dict[tuple[str, str], VMStatus] = {}
         for dom, st in stats:
-            n = dom.name()
-            if not n.startswith(prefix):
+            dname = dom.name()
+            if not dname.startswith(self._prefix):
                 continue
-            state, reason = st.get("state.state", -1), st.get("state.reason", -1)
-            s = _STATES.get(state, InstanceState.BROKEN)
-            out[n] = (
-                s,
-                f"libvirt state {state} (reason {reason})" if s is InstanceState.BROKEN else None,
+            kind, _, name = dname[len(self._prefix) :].partition("-")
+            out[(kind, name)] = _status(
+                st.get("state.state", -1), st.get("state.reason", -1), dname
             )
         return out
 
-    def is_defined(self, spec: VMSpec) -> bool:
-        return self._lookup(self.domain_name(spec)) is not None
+    def owner_of(self, kind: str, name: str) -> str | None:
+        """The state directory recorded in the domain's agent-swarm metadata (None: none)."""
+        import xml.etree.ElementTree as ET
+
+        dname = self.domain_name(kind, name)
+        dom = self._lookup(dname)
+        if dom is None:
+            return None
+        with self._errors(f"reading the definition of {dname}"):
+            root = ET.fromstring(dom.XMLDesc(0))
+        for el in root.iter(f"{{{XMLNS_AS}}}vm"):
+            return el.get("home")
+        return None
 
     def ssh_endpoint(self, spec: VMSpec) -> SSHEndpoint:
         if spec.network == "nat":
-            return SSHEndpoint(self._lease_address(spec), 22, SSH_USER)
-        return SSHEndpoint("127.0.0.1", spec.ssh_port, SSH_USER)
+            return SSHEndpoint(self._lease_address(spec), 22, GUEST_USER)
+        return SSHEndpoint("127.0.0.1", spec.ssh_port, GUEST_USER)
 
     def _lease_address(self, spec: VMSpec) -> str:
         dom = self._dom(spec)
@@ -324,29 +356,6 @@ class LibvirtProvider(Provider):
                 if addr.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4:
                     return str(addr["addr"])
         raise Timeout(f"{spec.name} has no DHCP lease yet")
-
-    def our_domains(self) -> list[dict[str, Any]]:
-        """Domains of this state directory: [{"domain", "kind", "name", "state"}], from the
-        same single round trip as :meth:`states`."""
-        prefix = f"agent-swarm-{self._tag}-"
-        out = []
-        for n, (state, _) in sorted(self.states().items()):
-            kind, _, name = n[len(prefix) :].partition("-")
-            out.append({"domain": n, "kind": kind, "name": name, "state": state})
-        return out
-
-    def domain_home(self, dname: str) -> str | None:
-        """The state directory recorded in a domain's agent-swarm metadata (None: none)."""
-        import xml.etree.ElementTree as ET
-
-        dom = self._lookup(dname)
-        if dom is None:
-            return None
-        with self._errors(f"reading the definition of {dname}"):
-            root = ET.fromstring(dom.XMLDesc(0))
-        for el in root.iter("{https://agent-swarm.dev/xmlns/libvirt/1}vm"):
-            return el.get("home")
-        return None
 
     # ---- checkpoints (libvirt internal snapshots: memory too when running) ----
     def checkpoint(self, spec: VMSpec, tag: str) -> None:
@@ -396,8 +405,3 @@ class LibvirtProvider(Provider):
                 )
         out.sort(key=lambda d: (d["created"], d["name"]))
         return out
-
-    def delete_checkpoint(self, spec: VMSpec, tag: str) -> None:
-        dom = self._dom(spec)
-        with self._errors(f"deleting checkpoint {tag!r} of {spec.name!r}"):
-            dom.snapshotLookupByName(tag).delete(0)

@@ -1,0 +1,101 @@
+"""Tasks: VMs cloned from their project's newest template generation, one per agent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from agent_swarm.errors import InvalidState
+from agent_swarm.guest import BOOT_TIMEOUT, new_host_key
+from agent_swarm.models import Task
+from agent_swarm.names import validate_name
+from agent_swarm.ops.vms import check_space
+
+if TYPE_CHECKING:
+    from agent_swarm.core import Core
+
+
+class Tasks:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.reg = core.reg
+
+    def create(
+        self,
+        project: str,
+        name: str,
+        *,
+        cpus: int | None = None,
+        memory_mib: int | None = None,
+        wait: bool = True,
+        start: bool = True,
+        force: bool = False,
+        check_capacity: bool = True,
+        host_access: bool | None = None,
+    ) -> Task:
+        """Write transactions: one for row + port + journal entry, one to end the entry
+        (capacity, disk, seed and definition in between write nothing to the registry)."""
+        validate_name(name, "task name")
+        core = self.core
+        p = self.reg.get_project(project)
+        prov = core.provider_of(p)
+        check_space(f"cannot create task {name}")
+        host = new_host_key("task", name)
+        entry, t = core.vms.register(
+            prov,
+            "task",
+            name,
+            {
+                "project": project,
+                "provider": p.provider,
+                "cpus": cpus or p.cpus,
+                "memory_mib": memory_mib or p.memory_mib,
+                "network": p.network,
+                "host_access": p.host_access if host_access is None else host_access,
+                "host_key": host.public_openssh,
+            },
+            start=start,
+        )
+        assert isinstance(t, Task)
+        with core.vms.create_op.run("task", name, entry=entry) as op:
+            if start and check_capacity:
+                core.capacity.check_new_or_undo("task", t, force)
+            gen = self.reg.get_generation(project, t.generation)
+            if gen.format != prov.capabilities.disk_format:
+                core.vms.rollback("task", name)
+                raise InvalidState(
+                    f"generation {gen.generation} of {project!r} is a {gen.format} disk, but "
+                    f"the {prov.name} provider needs {prov.capabilities.disk_format}",
+                    hint=f"seal the project again: `agent-swarm project stop {project}`",
+                )
+            spec = core.vms.materialize(
+                prov, "task", t, Path(gen.path), host, size=None, first_boot_setup=False, op=op
+            )
+            if start:  # still journaled: counted by concurrent capacity checks until it runs
+                core.progress(
+                    f"task {name}: booting (clone of {project} generation {t.generation})"
+                )
+                core.vms.boot(prov, spec)
+        if start and wait:
+            core.guest.wait_ready(prov, spec, t.host_key, f"task {name}")
+        return t
+
+    def start(self, name: str, *, wait: bool = True, force: bool = False) -> None:
+        core = self.core
+        t = self.reg.get_task(name)
+        prov = core.provider_of(t)
+        spec = core.vms.spec("task", t)
+        self.reg.ensure_idle("task", name)
+        core.capacity.check_start(prov, spec, t, force)
+        core.progress(f"task {name}: starting")
+        core.vms.boot(prov, spec)
+        if wait:
+            s = core.guest.session(prov, spec, t.host_key, f"task {name}", timeout=BOOT_TIMEOUT)
+            s.close()
+
+    def stop(self, name: str, *, force: bool = False, timeout: float = 90) -> None:
+        t = self.reg.get_task(name)
+        self.core.provider_of(t).stop(self.core.vms.spec("task", t), force=force, timeout=timeout)
+
+    def delete(self, name: str) -> None:
+        self.core.vms.delete("task", name)

@@ -1,0 +1,1 @@
+"""Test doubles for agent-swarm's outside world (see fakes.provider)."""

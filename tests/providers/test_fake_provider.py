@@ -1,0 +1,355 @@
+"""The fake provider's own behaviour beyond the contract: its knobs (capabilities, injected
+failures), state that outlives a process, the dynamic address, the guest channel, and the
+helpers workflow tests use (vm_state, set_vm_state, fake_env)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from agent_swarm.errors import (
+    InvalidState,
+    ProviderError,
+    ProviderUnavailable,
+    SSHError,
+    Timeout,
+    UnsupportedByProvider,
+)
+from agent_swarm.models import InstanceState, SSHEndpoint, VMSpec
+from agent_swarm.providers import get_provider
+from agent_swarm.providers.base import Capabilities
+from fakes.provider import (
+    CAPS_ENV,
+    FAIL_ENV,
+    NOTICE_ENV,
+    TESTS_DIR,
+    FakeProvider,
+    caps_from_env,
+    dynamic_port,
+    fake_env,
+    set_vm_state,
+    vm_state,
+)
+from providers.contract import SpecFactory
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    h = tmp_path / "home"
+    monkeypatch.setenv("AGENT_SWARM_HOME", str(h))
+    for var in (CAPS_ENV, FAIL_ENV, NOTICE_ENV):
+        monkeypatch.delenv(var, raising=False)
+    return h
+
+
+@pytest.fixture
+def specs(tmp_path: Path) -> SpecFactory:
+    return SpecFactory(tmp_path / "vms")
+
+
+def spec_of(specs: SpecFactory, name: str, kind: str = "task") -> VMSpec:
+    return specs(kind, name, "qcow2")
+
+
+def run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+# ---- capabilities ----
+def test_default_capabilities(home: Path) -> None:
+    caps = FakeProvider().capabilities
+    assert (caps.disk_format, caps.snapshots, caps.memory_snapshots) == ("qcow2", True, True)
+    assert not caps.dynamic_address and not caps.warm_clones
+
+
+def test_capabilities_from_the_environment(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CAPS_ENV, "disk_format=raw,dynamic_address=1,warm_clones=0,networks=nat")
+    p = FakeProvider()
+    assert p.capabilities == Capabilities(
+        disk_format="raw",
+        snapshots=True,
+        memory_snapshots=True,
+        dynamic_address=True,
+        warm_clones=False,
+        networks=("nat",),
+        host_needs=FakeProvider.capabilities.host_needs,
+    )
+    assert p.info().capabilities == p.capabilities
+    assert FakeProvider.capabilities == caps_from_env("")  # the class keeps the defaults
+
+
+@pytest.mark.parametrize("bad", ["nope=1", "snapshots=maybe", "disk_format"])
+def test_bad_capabilities_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match=CAPS_ENV):
+        caps_from_env(bad)
+
+
+# ---- define ----
+def test_define_refuses_missing_files_and_unknown_networks(
+    home: Path, specs: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = FakeProvider()
+    spec = spec_of(specs, "t1")
+    spec.seed.unlink()
+    with pytest.raises(ProviderError, match="no seed"):
+        p.define(spec)
+    spec = spec_of(specs, "t2")
+    spec.disk.unlink()
+    with pytest.raises(ProviderError, match="no disk"):
+        p.define(spec)
+    monkeypatch.setenv(CAPS_ENV, "networks=user")
+    spec = dataclasses.replace(spec_of(specs, "t3"), network="nat")
+    with pytest.raises(ProviderError, match="network 'nat'"):
+        FakeProvider().define(spec)
+    assert p.list_ours() == {}
+
+
+def test_define_records_the_spec_and_redefine_keeps_the_power_state(
+    home: Path, specs: SpecFactory
+) -> None:
+    p = FakeProvider()
+    spec = spec_of(specs, "t1")
+    p.define(spec)
+    p.start(spec)
+    p.define(dataclasses.replace(spec, memory_mib=512))
+    st = vm_state(home, "task", "t1")
+    assert st is not None
+    assert st["spec"]["memory_mib"] == 512 and st["spec"]["disk"] == str(spec.disk)
+    assert (st["state"], st["defines"], st["boots"]) == ("running", 2, 1)
+    assert p.owner_of("task", "t1") == str(home)
+
+
+# ---- lifecycle bookkeeping ----
+def test_boots_are_counted_and_start_on_a_running_vm_is_no_boot(
+    home: Path, specs: SpecFactory
+) -> None:
+    p = FakeProvider()
+    spec = spec_of(specs, "t1")
+    p.define(spec)
+    for _ in range(2):
+        p.start(spec)
+        p.start(spec)
+        p.stop(spec, force=True)
+    st = vm_state(home, "task", "t1")
+    assert st is not None and (st["boots"], st["stops"]) == (2, 2)
+    assert st["last_stop_forced"] is True
+
+
+def test_runtime_problem_and_repair(home: Path, specs: SpecFactory) -> None:
+    p = FakeProvider()
+    spec = spec_of(specs, "t1")
+    p.define(spec)
+    set_vm_state(home, "task", "t1", network_dead=True)
+    assert p.runtime_problem(spec) is None  # a stopped VM has no runtime problem
+    p.start(spec)  # a boot brings the network up
+    assert p.runtime_problem(spec) is None
+    set_vm_state(home, "task", "t1", network_dead=True)
+    assert "network" in (p.runtime_problem(spec) or "")
+    p.start(spec)
+    assert p.runtime_problem(spec) is None
+    st = vm_state(home, "task", "t1")
+    assert st is not None and (st["boots"], st["network_repairs"]) == (1, 1)
+
+
+def test_broken_state_set_by_a_test(home: Path, specs: SpecFactory) -> None:
+    p = FakeProvider()
+    spec = spec_of(specs, "t1")
+    p.define(spec)
+    set_vm_state(home, "task", "t1", state="broken", broken_reason="disk vanished")
+    st = p.status(spec)
+    assert (st.state, st.reason) == (InstanceState.BROKEN, "disk vanished")
+    assert p.list_ours()[("task", "t1")] == st
+    with pytest.raises(LookupError):
+        set_vm_state(home, "task", "nope", state="running")
+
+
+def test_status_of_a_corrupt_record_is_broken(home: Path, specs: SpecFactory) -> None:
+    p = FakeProvider()
+    spec = spec_of(specs, "t1")
+    p.define(spec)
+    (home / "fake-hypervisor" / "task-t1.json").write_text("{not json")
+    assert p.status(spec).state is InstanceState.BROKEN
+
+
+# ---- failure injection ----
+def test_injected_failures(home: Path, specs: SpecFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = FakeProvider()
+    bad, good = spec_of(specs, "bad"), spec_of(specs, "good")
+    monkeypatch.setenv(FAIL_ENV, "define:bad,start:good")
+    with pytest.raises(ProviderError, match="injected failure: define of task 'bad'"):
+        p.define(bad)
+    p.define(good)
+    with pytest.raises(ProviderError, match="injected failure: start"):
+        p.start(good)
+    assert p.status(good).state is InstanceState.STOPPED
+    monkeypatch.delenv(FAIL_ENV)
+    p.start(good)
+    monkeypatch.setenv(FAIL_ENV, "guest:*,delete:*")
+    with pytest.raises(SSHError, match="injected"):
+        p.guest_session(good).run("true", 5)
+    with pytest.raises(ProviderError):
+        p.delete(good)
+    assert p.status(good).state is InstanceState.RUNNING
+
+
+def test_probe_can_be_made_unavailable(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENT_SWARM_TEST_PROVIDERS", "fake=fakes.provider:FakeProvider")
+    assert isinstance(get_provider("fake"), FakeProvider)
+    monkeypatch.setenv(FAIL_ENV, "probe:*")
+    assert not FakeProvider.probe().available
+    with pytest.raises(ProviderUnavailable, match="fake provider cannot run"):
+        get_provider("fake")
+
+
+def test_startup_notice(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert FakeProvider().startup_notice() is None
+    monkeypatch.setenv(NOTICE_ENV, "notice: fake emulation")
+    assert FakeProvider().startup_notice() == "notice: fake emulation"
+
+
+# ---- access ----
+def test_static_endpoint_is_the_specs_loopback_port(home: Path, specs: SpecFactory) -> None:
+    p = FakeProvider()
+    spec = spec_of(specs, "t1")
+    assert p.ssh_endpoint(spec) == SSHEndpoint("127.0.0.1", spec.ssh_port, "worker")
+
+
+def test_dynamic_address_needs_a_second_poll_after_each_start(
+    home: Path, specs: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CAPS_ENV, "dynamic_address=1")
+    p = FakeProvider()
+    spec = spec_of(specs, "t1")
+    with pytest.raises(InvalidState):
+        p.ssh_endpoint(spec)  # no such VM
+    p.define(spec)
+    with pytest.raises(Timeout, match="no address yet"):
+        p.ssh_endpoint(spec)  # stopped: no lease
+    for _boot in range(2):
+        p.start(spec)
+        with pytest.raises(Timeout, match="no address yet"):
+            p.ssh_endpoint(spec)
+        want = SSHEndpoint("127.0.0.1", dynamic_port("task", "t1"), "worker")
+        assert p.ssh_endpoint(spec) == want
+        assert p.ssh_endpoint(spec) == want
+        p.stop(spec)
+    st = vm_state(home, "task", "t1")
+    assert st is not None and st["address_polls"] == 7
+
+
+def test_guest_session(home: Path, specs: SpecFactory) -> None:
+    p = FakeProvider()
+    spec = spec_of(specs, "t1")
+    p.define(spec)
+    g = p.guest_session(spec)
+    with pytest.raises(SSHError, match="not running"):
+        g.run("cloud-init status --wait", 10)
+    p.start(spec)
+    assert g.run("cloud-init status --wait --long", 10) == (0, "status: done\n", "")
+    assert g.run("sudo rm -f /etc/machine-id && sudo systemd-machine-id-setup", 10) == (0, "", "")
+    assert g.run("echo hi > /tmp/x", 10) == (0, "", "")
+    st = vm_state(home, "task", "t1")
+    assert st is not None
+    assert (st["identity_reset"], st["identity_resets"]) == (True, 1)
+    assert st["commands"] == ["echo hi > /tmp/x"]
+    set_vm_state(home, "task", "t1", cloud_init="error")
+    assert g.run("cloud-init status", 10) == (1, "status: error\n", "")
+    g.close()
+
+
+def test_checkpoint_of_a_running_vm_needs_memory_snapshots(
+    home: Path, specs: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CAPS_ENV, "memory_snapshots=0")
+    p = FakeProvider()
+    spec = spec_of(specs, "t1")
+    p.define(spec)
+    p.start(spec)
+    with pytest.raises(UnsupportedByProvider):
+        p.checkpoint(spec, "c1")
+    p.stop(spec)
+    p.checkpoint(spec, "c1")
+    assert [c["state"] for c in p.list_checkpoints(spec)] == ["shutoff"]
+
+
+# ---- across processes ----
+def test_fake_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", "/somewhere")
+    env = fake_env(tmp_path / "h", caps="disk_format=raw")
+    assert env["AGENT_SWARM_HOME"] == str(tmp_path / "h")
+    assert env["AGENT_SWARM_PROVIDER"] == "fake"
+    assert env["AGENT_SWARM_TEST_PROVIDERS"] == "fake=fakes.provider:FakeProvider"
+    assert env["PYTHONPATH"] == f"{TESTS_DIR}{os.pathsep}/somewhere"
+    assert (env[CAPS_ENV], env[FAIL_ENV]) == ("disk_format=raw", "")
+    monkeypatch.delenv("PYTHONPATH")
+    assert fake_env(tmp_path)["PYTHONPATH"] == str(TESTS_DIR)
+
+
+def test_state_outlives_the_process(home: Path, specs: SpecFactory) -> None:
+    spec = spec_of(specs, "t1")
+    code = f"""
+        from pathlib import Path
+        from agent_swarm.models import VMSpec
+        from agent_swarm.providers import default_provider_name, get_provider
+        spec = VMSpec("task", "t1", 1, 256, Path({str(spec.disk)!r}), Path({str(spec.seed)!r}),
+                      Path("serial.log"), {spec.ssh_port})
+        p = get_provider()
+        print(default_provider_name(), type(p).__name__, p.capabilities.disk_format)
+        p.define(spec)
+        p.start(spec)
+        p.checkpoint(spec, "c1")
+    """
+    r = run_python(code, fake_env(home, caps="disk_format=raw"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["fake", "FakeProvider", "raw"]
+    p = FakeProvider()  # another process's hypervisor state, seen here
+    assert p.status(spec).state is InstanceState.RUNNING
+    assert [c["name"] for c in p.list_checkpoints(spec)] == ["c1"]
+    st = vm_state(home, "task", "t1")
+    assert st is not None and st["spec"]["ssh_port"] == spec.ssh_port
+
+
+def test_concurrent_processes_lose_no_update(home: Path, specs: SpecFactory) -> None:
+    p = FakeProvider()
+    spec = spec_of(specs, "t1")
+    p.define(spec)
+    p.start(spec)
+    code = f"""
+        import sys
+        from pathlib import Path
+        from agent_swarm.models import VMSpec
+        from fakes.provider import FakeProvider
+        spec = VMSpec("task", "t1", 1, 256, Path({str(spec.disk)!r}), Path({str(spec.seed)!r}),
+                      Path("serial.log"), {spec.ssh_port})
+        p = FakeProvider()
+        g = p.guest_session(spec)
+        for i in range(25):
+            g.run(f"echo {{sys.argv[1]}}-{{i}}", 5)
+            p.define(spec)
+    """
+    env = {**os.environ, **fake_env(home)}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), str(n)], env=env)
+        for n in range(4)
+    ]
+    assert [proc.wait(timeout=120) for proc in procs] == [0] * 4
+    st = vm_state(home, "task", "t1")
+    assert st is not None
+    assert len(st["commands"]) == 100 and len(set(st["commands"])) == 100
+    assert st["defines"] == 101
+    leftovers = [f.name for f in (home / "fake-hypervisor").iterdir()]
+    assert sorted(leftovers) == [".lock", "task-t1.json"]  # no temp files left behind
+    json.loads((home / "fake-hypervisor" / "task-t1.json").read_text())
