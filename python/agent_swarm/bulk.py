@@ -8,6 +8,7 @@ never stops or touches the others.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -134,3 +135,31 @@ def worker_core(progress: Callable[[str], None]) -> Core:
     core = Core(Registry(paths.registry_path()), progress=progress, write_ssh_config=False)
     core.noticed = True  # the provider's notice is printed once, by the bulk command itself
     return core
+
+
+class SshConfigWriter:
+    """ssh_config during a bulk: rewritten at most every ``interval`` seconds as items
+    finish (a VM is reachable by its alias soon after it exists) and once at the end. One
+    write per VM, each rendering every VM, would make a bulk quadratic."""
+
+    def __init__(self, interval: float = 2.0) -> None:
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._last = time.monotonic()
+
+    def item_done(self, core: Core) -> None:
+        with self._lock:
+            if time.monotonic() - self._last < self.interval:
+                return
+            self._last = time.monotonic()
+        with contextlib.suppress(AgentSwarmError, OSError):  # the final write reports it
+            core.vms.refresh_ssh_config(force=True)
+
+    def finish(self, core: Core) -> str | None:
+        """The final write; an error message instead of an exception (the VMs exist: the
+        results must still be shown)."""
+        try:
+            core.vms.refresh_ssh_config(force=True)
+        except (AgentSwarmError, OSError) as exc:
+            return f"warning: ssh_config was not updated ({exc}); `agent-swarm ssh-config` retries"
+        return None

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent_swarm import procs
-from agent_swarm.errors import AgentSwarmError, ProviderError, ProviderUnavailable
-from agent_swarm.models import InstanceState, JournalEntry, VMSpec
+from agent_swarm.errors import AgentSwarmError
+from agent_swarm.models import JournalEntry, VMSpec
 from agent_swarm.textsafe import sanitize
 
 if TYPE_CHECKING:
@@ -87,14 +87,15 @@ class Doctor:
         for name in sorted(used | {self.core.default_provider_name()}):
             try:
                 out[name] = self.core.provider(name)
-            except (ProviderUnavailable, ProviderError) as exc:
+            except AgentSwarmError as exc:
                 if name not in used:
                     continue  # no VM of ours uses it: nothing to check there
+                hint = f" ({exc.hint})" if exc.hint else ""
                 findings.append(
                     Finding(
                         "provider-unavailable",
                         f"provider {name}",
-                        f"{exc.message}; its VMs were not checked",
+                        f"{exc.message}{hint}; its VMs were not checked",
                         None,
                     )
                 )
@@ -127,7 +128,7 @@ class Doctor:
         for pname, prov in providers.items():
             try:
                 live[pname] = prov.list_ours()
-            except (ProviderUnavailable, ProviderError) as exc:
+            except AgentSwarmError as exc:
                 out.append(Finding("provider-unavailable", f"provider {pname}", exc.message, None))
                 continue
             for key, st in sorted(live[pname].items()):
@@ -181,7 +182,38 @@ class Doctor:
                     )
                 )
         out += self._temp_files()
+        out += self._ssh_config()
         return out
+
+    def _ssh_config(self) -> list[Finding]:
+        """ssh_config and known_hosts as the registry says (a bulk killed before its one
+        write at the end leaves them stale)."""
+        from agent_swarm.ssh import config
+
+        try:
+            text, hosts = config.render(config.entries(self.reg))
+            stale = (
+                config.config_path().read_text() != text
+                or config.known_hosts_path().read_text() != hosts
+            )
+        except FileNotFoundError:
+            stale = bool(config.entries(self.reg))
+        except (AgentSwarmError, OSError):
+            return []  # unrenderable (a path ssh cannot represent): `ssh-config` says why
+        if not stale:
+            return []
+        return [
+            Finding(
+                "stale-ssh-config",
+                str(config.config_path()),
+                "does not list the VMs the registry has (an interrupted bulk?)",
+                "write it again from the registry",
+                self._write_ssh_config,
+            )
+        ]
+
+    def _write_ssh_config(self) -> None:
+        self.core.vms.refresh_ssh_config(force=True)
 
     def _orphan_vm(self, prov: Provider, key: tuple[str, str], st: VMStatus) -> Finding:
         kind, name = key
@@ -221,8 +253,8 @@ class Doctor:
             return False
         if problem == "missing-disk":
             return not spec.disk.exists()
-        if problem == "missing-domain":
-            return spec.disk.exists() and prov.status(spec).state is InstanceState.MISSING
+        if problem == "missing-domain":  # (status() never raises: a failure is not "gone")
+            return spec.disk.exists() and (kind, name) not in prov.list_ours()
         if problem == "no-network":
             return prov.runtime_problem(spec) is not None
         return True
@@ -233,9 +265,14 @@ class Doctor:
             f"started {e.started_at})"
         )
         try:
+            if e.provider:  # settling it needs the VM's provider: none half-done without it
+                self.core.provider(e.provider)
             r = self.core.operation(e.op).recover(e)
-        except (ProviderUnavailable, ProviderError) as exc:
-            return Finding("interrupted", f"{e.kind} {e.name}", f"{what}; {exc.message}", None)
+        except AgentSwarmError as exc:
+            hint = f" ({exc.hint})" if exc.hint else ""
+            return Finding(
+                "interrupted", f"{e.kind} {e.name}", f"{what}; {exc.message}{hint}", None
+            )
         return Finding("interrupted", f"{e.kind} {e.name}", what + r.detail, r.fix, r.action)
 
     def _check_vm(

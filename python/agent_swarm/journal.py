@@ -73,13 +73,19 @@ class Operation:
 
     @contextlib.contextmanager
     def run(
-        self, kind: str, name: str, detail: str = "", *, entry: int | None = None
+        self,
+        kind: str,
+        name: str,
+        detail: str = "",
+        *,
+        entry: int | None = None,
+        provider: str = "",
     ) -> Iterator[Op]:
         """Record the operation on a VM before acting (``entry``: already begun, e.g. in
         the same transaction as the VM's row); the entry is removed when the body finishes
         (normally, or by an exception it cleaned up after). A killed process leaves it."""
         if entry is None:
-            entry = self.reg.journal_begin(self.op, kind, name, detail)
+            entry = self.reg.journal_begin(self.op, kind, name, detail, provider)
         o = Op(self.reg, entry, self.op, self.durable)
         crash_point(self.op, "begin")
         try:

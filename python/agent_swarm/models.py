@@ -62,6 +62,7 @@ class JournalEntry:
     pid: int
     pid_start: str
     started_at: str
+    provider: str = ""  # the VM's provider ("" in entries older than schema 4)
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,15 +50,3 @@ def ensure_home() -> Path:
 
 def registry_path() -> Path:
     return home() / REGISTRY_DB
-
-
-def base_images_dir() -> Path:
-    return home() / BASE_IMAGES_DIR
-
-
-def project_dir(name: str) -> Path:
-    return home() / PROJECTS_DIR / name
-
-
-def task_dir(name: str) -> Path:
-    return home() / TASKS_DIR / name

@@ -44,6 +44,8 @@ def _remove_with_virsh(dname: str) -> None:
 
 
 class TestLibvirtContract(ProviderContract):
+    records_owner = True  # the domain's agent-swarm metadata holds its home
+
     def _make(self, home: Path, monkeypatch: pytest.MonkeyPatch) -> object:
         # AGENT_SWARM_HOME before the provider exists: its domain names carry a hash of it.
         from agent_swarm.providers.libvirt.provider import LibvirtProvider

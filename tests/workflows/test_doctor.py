@@ -65,6 +65,8 @@ def test_doctor_finds_and_repairs(swarm: Swarm) -> None:
         "task o2: missing-domain": "define the VM again from the registry",
         "task o3: no-network": "repair it while it runs (the provider's start)",
         "task o4: missing-disk": "remove the task (its VM, files, registry row)",
+        # o1's row went behind the config's back: it still lists o1
+        f"{s.home / 'ssh_config'}: stale-ssh-config": "write it again from the registry",
     }
     lines = r.stdout.splitlines()
     problems = [ln for ln in lines if ln.startswith("[PROBLEM] ")]
@@ -76,7 +78,7 @@ def test_doctor_finds_and_repairs(swarm: Swarm) -> None:
         i = lines.index(problems[i])
         assert lines[i + 1].strip() == f"--fix will: {fix}", r.stdout
     assert "bystander" not in r.stdout
-    assert "9 problem(s)" in r.stdout
+    assert f"{len(expected)} problem(s)" in r.stdout
 
     r = s("doctor", "--fix", check=False)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -56,7 +56,7 @@ def test_an_unavailable_provider(swarm: Swarm) -> None:
     assert r.returncode == 1
     assert (
         "[PROBLEM] provider fake: provider-unavailable: the fake provider cannot run on this "
-        "host: made unavailable by AGENT_SWARM_FAKE_FAIL; its VMs were not checked"
+        "host: made unavailable by AGENT_SWARM_FAKE_FAIL (unset it); its VMs were not checked"
     ) in r.stdout
     assert "needs a manual decision" in r.stdout
     r = swarm("doctor", "--fix", env=DOWN, check=False)
@@ -96,3 +96,22 @@ def test_state_directories_side_by_side_do_not_see_each_other(
     assert a.vm_state("task", "shared")["state"] == "stopped"
     assert a.views()["shared"].state == "stopped"
     assert [f.as_dict() for f in a.diagnose()] == []
+
+
+def test_an_interrupted_delete_waits_for_its_provider(swarm: Swarm) -> None:
+    """Settling an interrupted delete needs the VM's provider (its journal entry names it):
+    while it is down, doctor only reports it and --fix changes nothing (before schema 4
+    recovery removed the files, skipped the VM and said "fixed")."""
+    with swarm.core() as core:
+        core.tasks.create("p1", "half", start=False)
+    swarm.crash("delete:undefined", "delete", "half")  # its fake VM is gone, files are not
+    assert swarm.db("SELECT provider FROM journal WHERE name = 'half'")[0][0] == "fake"
+    files = swarm.home / "tasks" / "half"
+    assert files.is_dir()
+    r = swarm("doctor", "--fix", env=DOWN, check=False)
+    assert r.returncode == 1 and "[fixed]" not in r.stdout, r.stdout
+    assert "task half: interrupted" in r.stdout and "fake provider cannot run" in r.stdout
+    assert files.is_dir() and swarm.db("SELECT name FROM tasks WHERE name = 'half'")
+    r = swarm("doctor", "--fix", check=False)
+    assert r.returncode == 0 and "[fixed] task half: interrupted" in r.stdout, r.stdout
+    assert not files.exists() and not swarm.db("SELECT name FROM tasks WHERE name = 'half'")

@@ -94,6 +94,9 @@ class DiskBackend(abc.ABC):
 
     format: ClassVar[str]
     suffix: ClassVar[str]
+    # Whether a disk's parent can be removed after detach_parent (gc). VHDX chains cannot be
+    # rewritten here, so gc keeps their older generations.
+    detachable: ClassVar[bool] = True
 
     def prepare_source(self, src: Path, dest: Path, progress: Progress | None = None) -> None:
         """Write ``dest`` (this format, mode 0444) from the registered, validated base image

@@ -22,6 +22,7 @@ class VhdxBackend(DiskBackend):
 
     format = "vhdx"
     suffix = ".vhdx"
+    detachable = False
 
     def _write_source(self, src: Path, src_format: str, tmp: Path) -> None:
         """``qemu-img convert -O vhdx -o subformat=dynamic`` (no native VHDX writer of a

@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING
 
 from agent_swarm import capacity, procs
-from agent_swarm.errors import AgentSwarmError, ProviderError, ProviderUnavailable
+from agent_swarm.errors import AgentSwarmError
 from agent_swarm.models import InstanceState, Project, Task, VMSpec
 
 if TYPE_CHECKING:
@@ -20,17 +19,23 @@ class Capacity:
         self.core = core
         self.reg = core.reg
 
-    def running_demand(self, exclude: tuple[str, str] | None = None) -> capacity.Demand:
+    def running_demand(
+        self, exclude: tuple[str, str] | None = None, *, required: str | None = None
+    ) -> capacity.Demand:
         """vCPUs and RAM this state directory's VMs take or are about to take: running ones
         (read live, one call per provider) plus those another process is creating to boot
         them (a live `create` journal entry with detail "start"), so concurrent creates see
-        each other."""
+        each other. A provider that cannot list its VMs is skipped, except ``required`` (the
+        one the new VM runs on): then the check fails rather than admit it blind."""
         counted: set[tuple[str, str]] = set()
-        for name in self.core.used_providers():
-            with contextlib.suppress(ProviderUnavailable, ProviderError):
-                for key, st in self.core.provider(name).list_ours().items():
-                    if st.state is InstanceState.RUNNING:
-                        counted.add(key)
+        for name in sorted(set(self.core.used_providers()) | ({required} if required else set())):
+            try:
+                ours = self.core.provider(name).list_ours()
+            except AgentSwarmError:
+                if name == required:
+                    raise
+                continue
+            counted |= {key for key, st in ours.items() if st.state is InstanceState.RUNNING}
         for e in self.reg.journal():
             if e.op == "create" and e.detail == "start" and procs.alive(e.pid, e.pid_start):
                 counted.add((e.kind, e.name))
@@ -51,12 +56,12 @@ class Capacity:
         what: str,
         force: bool = False,
         exclude: tuple[str, str] | None = None,
+        provider: str | None = None,
     ) -> None:
         if force:
             return
-        capacity.check(
-            capacity.host(), self.running_demand(exclude), new, capacity.limits(), what=what
-        )
+        running = self.running_demand(exclude, required=provider)
+        capacity.check(capacity.host(), running, new, capacity.limits(), what=what)
 
     def check_start(
         self, provider: Provider, spec: VMSpec, vm: Project | Task, force: bool
@@ -68,6 +73,7 @@ class Capacity:
                 what=f"starting {spec.kind} {spec.name}",
                 force=force,
                 exclude=(spec.kind, spec.name),
+                provider=vm.provider,
             )
 
     def check_new_or_undo(self, kind: str, vm: Project | Task, force: bool) -> None:
@@ -79,6 +85,7 @@ class Capacity:
                 what=f"creating {kind} {vm.name}",
                 force=force,
                 exclude=(kind, vm.name),
+                provider=vm.provider,
             )
         except BaseException:
             self.core.vms.rollback(kind, vm.name)

@@ -3,6 +3,7 @@ it is its disk's parent)."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,12 +50,14 @@ class GC:
         self.op = GcOp(core)
 
     def plan(self) -> list[dict[str, Any]]:
+        """Generations no task pins, except each project's newest, and except those the next
+        generation's format cannot be detached from (VHDX chains)."""
         out = []
         for p in self.reg.list_projects():
             gens = self.reg.list_generations(p.name)
             pinned = {t.generation for t in self.reg.list_tasks(p.name)}
-            for g in gens[:-1]:
-                if g.generation in pinned:
+            for g, child in itertools.pairwise(gens):
+                if g.generation in pinned or not disks.backend_for(child.format).detachable:
                     continue
                 size = disks.backend_for(g.format).actual_size(Path(g.path))
                 out.append(

@@ -80,6 +80,12 @@ class Tasks:
             core.guest.wait_ready(prov, spec, t.host_key, f"task {name}")
         return t
 
+    def wait_ready(self, name: str) -> None:
+        """Until the task's guest answers and cloud-init is done."""
+        t = self.reg.get_task(name)
+        prov = self.core.provider_of(t)
+        self.core.guest.wait_ready(prov, self.core.vms.spec("task", t), t.host_key, f"task {name}")
+
     def start(self, name: str, *, wait: bool = True, force: bool = False) -> None:
         core = self.core
         t = self.reg.get_task(name)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from agent_swarm import disks, procs
-from agent_swarm.errors import AgentSwarmError, ProviderError, ProviderUnavailable
+from agent_swarm.errors import AgentSwarmError
 from agent_swarm.models import InstanceState, JournalEntry, Project, Task
 from agent_swarm.providers.base import VMStatus
 
@@ -42,7 +42,7 @@ class Views:
         for name in sorted({vm.provider for vm in vms}):
             try:
                 out[name] = self.core.provider(name).list_ours()
-            except (ProviderUnavailable, ProviderError) as exc:
+            except AgentSwarmError as exc:  # unreachable, or a name no provider has
                 out[name] = f"provider {name} unavailable: {exc.message}"
         return out
 
@@ -83,7 +83,9 @@ class Views:
                     f"interrupted {entry.op} (step {entry.step}); run `agent-swarm doctor --fix`"
                 )
         ssh = None
-        if state is InstanceState.RUNNING and spec is not None:
+        # Only a forwarded port is shown: a run-time address would cost the provider a call
+        # per VM (`ssh` asks it when connecting).
+        if state is InstanceState.RUNNING and spec is not None and spec.ssh_port:
             with contextlib.suppress(AgentSwarmError, OSError):
                 ep = self.core.provider(vm.provider).ssh_endpoint(spec)
                 ssh = f"{ep.host}:{ep.port}"

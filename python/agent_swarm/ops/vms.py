@@ -22,7 +22,6 @@ from agent_swarm.errors import (
     InstanceNotFound,
     InvalidState,
     ProjectNotFound,
-    ProviderUnavailable,
 )
 from agent_swarm.journal import Op, Operation, Recovery
 from agent_swarm.models import InstanceState, JournalEntry, Project, SSHEndpoint, Task, VMSpec
@@ -91,19 +90,20 @@ class CreateOp(Operation):
             return Recovery("; nothing was created", "clear it", clear)
 
         def remove() -> None:
-            self.vms.remove(e.kind, e.name, None, None)
+            self.vms.remove(e.kind, e.name, None, None, provider_name=e.provider or None)
             clear()
 
         return Recovery("", "remove the half-created VM", remove)
 
     def _row_created_by(self, e: JournalEntry) -> bool:
-        """Did the interrupted create `e` insert its registry row? (Rows and the entry are
-        written in one transaction; an older entry may predate its row.)"""
+        """Did the interrupted create `e` insert its registry row? Since schema 4 the row
+        and the entry (step "registered") are written in one transaction, so the row's
+        existence says it; an older entry may predate a row of the same name."""
         try:
             row = self.vms.row(e.kind, e.name)
         except AgentSwarmError:
             return False
-        return row.created_at >= e.started_at
+        return e.step != "begin" or row.created_at >= e.started_at
 
 
 class DeleteOp(Operation):
@@ -116,7 +116,7 @@ class DeleteOp(Operation):
 
     def recover(self, e: JournalEntry) -> Recovery:
         def finish() -> None:
-            self.vms.remove(e.kind, e.name, None, None)
+            self.vms.remove(e.kind, e.name, None, None, provider_name=e.provider or None)
             self.reg.journal_end(e.id)
 
         return Recovery("", "finish deleting it", finish)
@@ -150,7 +150,7 @@ class VMs:
         if fmt is None:
             try:
                 fmt = self.disk_format(vm.provider)
-            except ProviderUnavailable:  # views still show where the disk would be
+            except AgentSwarmError:  # provider unavailable: views still show the disk
                 from agent_swarm.layout import FORMAT_OF_SUFFIX
 
                 found = self.layout.disks_in(kind, vm.name)
@@ -176,9 +176,6 @@ class VMs:
             kind=kind, name=name, cpus=1, memory_mib=256, disk=d, seed=d, serial_log=d, ssh_port=0
         )
 
-    def project_of(self, kind: str, name: str) -> str:
-        return name if kind == "project" else self.reg.get_task(name).project
-
     # ---- create ----
     def register(
         self,
@@ -203,7 +200,7 @@ class VMs:
         ports = None if caps.dynamic_address else candidate_ports()
         return self.reg.register_vm(
             kind, name, fields, ports=ports, detail="start" if start else ""
-        )
+        )  # the entry records fields["provider"]
 
     def materialize(
         self,
@@ -254,7 +251,7 @@ class VMs:
     # ---- delete ----
     def delete(self, kind: str, name: str) -> None:
         vm = self.row(kind, name)
-        with self.delete_op.run(kind, name) as op:
+        with self.delete_op.run(kind, name, provider=vm.provider) as op:
             self.remove(kind, name, self.spec(kind, vm), op, provider_name=vm.provider)
 
     def remove(
@@ -280,6 +277,9 @@ class VMs:
                 provider_name = self.row(kind, name).provider
         spec = spec or self.stub_spec(kind, name)
         guard = contextlib.suppress(Exception) if best_effort else contextlib.nullcontext()
+        # Before anything changes: a provider that cannot be reached fails the removal here
+        # (doctor then reports it, and nothing is half-removed), unless best effort.
+        providers = self._providers_to_ask(provider_name, strict=not best_effort)
 
         def forget() -> None:
             with contextlib.suppress(InstanceNotFound, ProjectNotFound), guard:
@@ -291,7 +291,7 @@ class VMs:
         if kind == "project":
             forget()
         with guard:
-            for provider in self._providers_to_ask(provider_name):
+            for provider in providers:
                 provider.delete(spec)
         if op:
             op.step("undefined")
@@ -303,18 +303,27 @@ class VMs:
         with guard:
             self.refresh_ssh_config()
 
-    def _providers_to_ask(self, name: str | None) -> list[Provider]:
-        """The VM's provider; with no row left (an interrupted create or delete), every
-        provider used here or already loaded (a "not there" costs nothing)."""
+    def _providers_to_ask(self, name: str | None, *, strict: bool) -> list[Provider]:
+        """The VM's provider (its row's, or its journal entry's); with neither (an entry
+        older than schema 4 whose row is gone), every provider used here, loaded or the
+        default (a "not there" costs nothing). ``strict``: one that cannot be reached is an
+        error, not skipped."""
         if name is not None:
-            return [self.core.provider(name)]
+            try:
+                return [self.core.provider(name)]
+            except AgentSwarmError:
+                if strict:
+                    raise
+                return []
         names = set(self.core.used_providers()) | set(self.core.loaded_names())
-        if not names:
-            names = {self.core.default_provider_name()}
+        names.add(self.core.default_provider_name())
         out = []
         for n in sorted(names):
-            with contextlib.suppress(ProviderUnavailable):
+            try:
                 out.append(self.core.provider(n))
+            except AgentSwarmError:
+                if strict and n in self.core.used_providers():
+                    raise
         return out
 
     # ---- running ----

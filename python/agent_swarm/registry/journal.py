@@ -15,24 +15,27 @@ from agent_swarm.registry.base import RegistryBase
 class JournalMixin(RegistryBase):
     """Begin, step through and end journal entries; refuse a second operation on a busy VM."""
 
-    def journal_begin(self, op: str, kind: str, name: str, detail: str = "") -> int:
-        """Record the intent to run ``op`` on a VM; raises :class:`Busy` when another operation
-        on it is in progress (or was interrupted and not yet repaired)."""
+    def journal_begin(
+        self, op: str, kind: str, name: str, detail: str = "", provider: str = ""
+    ) -> int:
+        """Record the intent to run ``op`` on a VM (on ``provider``: recovery must reach the
+        VM even when no row names its provider any more); raises :class:`Busy` when another
+        operation on it is in progress (or was interrupted and not yet repaired)."""
         from agent_swarm import procs
 
         pid, token = procs.me()
         try:
             with self.transaction() as c:
                 cur = c.execute(
-                    "INSERT INTO journal (op, kind, name, detail, pid, pid_start)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (op, kind, name, detail, pid, token),
+                    "INSERT INTO journal (op, kind, name, detail, pid, pid_start, provider)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (op, kind, name, detail, pid, token, provider),
                 )
                 return int(cur.lastrowid or 0)
         except sqlite3.IntegrityError:
             other = self.journal_of(kind, name)
             if other is None:  # finished in between: try once more
-                return self.journal_begin(op, kind, name, detail)
+                return self.journal_begin(op, kind, name, detail, provider)
             raise _busy(other) from None
 
     def ensure_idle(self, kind: str, name: str) -> None:

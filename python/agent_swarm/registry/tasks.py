@@ -82,7 +82,7 @@ class TasksMixin(ProjectsMixin, JournalMixin):
         (``fields`` as for :meth:`add_project`/:meth:`add_task`) and, when ``ports`` is given,
         its loopback port. Returns (journal entry id, row)."""
         with self.transaction() as c:
-            entry = self.journal_begin(op, kind, name, detail)
+            entry = self.journal_begin(op, kind, name, detail, str(fields.get("provider", "")))
             c.execute("UPDATE journal SET step = 'registered' WHERE id = ?", (entry,))
             row: Project | Task = (
                 self.add_project(name, **fields)

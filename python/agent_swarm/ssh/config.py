@@ -62,7 +62,7 @@ def proxy_command(kind: str, name: str) -> str:
     import shlex
     import sys
 
-    argv = [sys.executable, "-m", "agent_swarm", "ssh-proxy", kind, name]
+    argv = [_check_path(Path(sys.executable)), "-m", "agent_swarm", "ssh-proxy", kind, name]
     home = shlex.quote(_check_path(paths.home()))
     line = f"env {paths.ENV_HOME}={home} " + " ".join(shlex.quote(a) for a in argv)
     return line.replace("%", "%%")

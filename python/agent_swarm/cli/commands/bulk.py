@@ -97,10 +97,11 @@ def create(
         total = capacity.Demand()
         for _n in names:
             total = total + per_vm
-        core.capacity.check(total, what=f"creating {len(names)} task VMs")
+        core.capacity.check(total, what=f"creating {len(names)} task VMs", provider=p.provider)
     n = parallel or capacity.default_parallel(capacity.host(), len(names), per_vm, booting=start)
     live = bulk_mod.LiveLines(names)
     app.info(f"creating {len(names)} task VMs from {project}, {n} at a time")
+    writer = bulk_mod.SshConfigWriter()
 
     def work(name: str, progress: Callable[[str], None]) -> str:
         with bulk_mod.worker_core(progress) as w:
@@ -110,10 +111,13 @@ def create(
                 cpus=cpus,
                 memory_mib=memory_mib,
                 host_access=host_access,
-                wait=not no_wait,
+                wait=False,
                 start=start,
                 check_capacity=False,  # checked above for all of them
             )
+            writer.item_done(w)  # reachable by its alias while it boots
+            if start and not no_wait:
+                w.tasks.wait_ready(name)
             if not start:
                 return f"created (generation {t.generation}, not started)"
             state = "booting" if no_wait else "ready"
@@ -127,7 +131,9 @@ def create(
     try:
         results = bulk_mod.run_parallel(names, work, parallel=n, live=live)
     finally:
-        core.vms.refresh_ssh_config(force=True)  # once for the whole bulk
+        warning = writer.finish(core)
+    if warning:
+        app.info(warning)
     for d in dupes:
         app.info(f"note: {d} was named more than once; created once")
     _finish(results, "created")
@@ -154,17 +160,21 @@ def delete(tasks: tuple[str, ...], project: str | None, parallel: int | None) ->
     for t in {app.registry.get_task(n).provider for n in names if _exists(app, n)}:
         app.core.provider(t)  # fail early when a provider is unreachable
     live = bulk_mod.LiveLines(names)
+    writer = bulk_mod.SshConfigWriter()
 
     def work(name: str, progress: Callable[[str], None]) -> str:
         with bulk_mod.worker_core(progress) as w:
             progress("deleting")
             w.tasks.delete(name)
+            writer.item_done(w)
             return "deleted"
 
     try:
         results = bulk_mod.run_parallel(names, work, parallel=parallel or 8, live=live)
     finally:
-        app.core.vms.refresh_ssh_config(force=True)
+        warning = writer.finish(app.core)
+    if warning:
+        app.info(warning)
     _finish(results, "deleted")
 
 

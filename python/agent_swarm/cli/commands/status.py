@@ -6,6 +6,7 @@ from typing import Any
 import click
 
 from agent_swarm.cli.context import obj, table
+from agent_swarm.errors import AgentSwarmError
 
 
 @click.command()
@@ -189,8 +190,16 @@ def gc(yes: bool) -> None:
     if not plan:
         app.emit({"removed": [], "dry_run": not yes}, "Nothing to collect.")
         return
+    failed: list[str] = []
     if yes:
-        plan = [item for item in plan if app.core.gc.remove(item)]
+        done = []
+        for item in plan:  # one that fails does not stop the others
+            try:
+                if app.core.gc.remove(item):
+                    done.append(item)
+            except AgentSwarmError as exc:
+                failed.append(f"{item['project']} generation {item['generation']}: {exc.message}")
+        plan = done
     total = sum(i["disk_bytes"] or 0 for i in plan)
     verb = "Removed" if yes else "Would remove"
     lines = [
@@ -199,7 +208,13 @@ def gc(yes: bool) -> None:
     ]
     lines.append(f"{verb} {_size(total)} in total" + ("" if yes else "; run `gc --yes`."))
     app.progress.done()
-    app.emit({"removed" if yes else "would_remove": plan, "dry_run": not yes}, "\n".join(lines))
+    lines += [f"Failed: {f}" for f in failed]
+    app.emit(
+        {"removed" if yes else "would_remove": plan, "dry_run": not yes, "failed": failed},
+        "\n".join(lines),
+    )
+    if failed:
+        raise SystemExit(1)
 
 
 def _size(n: int | None) -> str:

@@ -3,6 +3,7 @@
 -- * Generations are first-class artefacts: their disk format, the provider and the machine
 --   shape they were sealed with, and room for the artefacts of warm clones (a memory image,
 --   the template's host key). Existing generations are libvirt qcow2 files.
+-- * Journal entries record the VM's provider (recovery must reach a VM whose row is gone).
 -- * The CHECKs that only libvirt values passed are relaxed: a network is the provider's word
 --   (validated by the provider's declared capabilities), base images may be VHDX, and the
 --   journal knows `gc` (journaled as `seal` before, which made doctor suggest sealing again).
@@ -20,7 +21,8 @@ UPDATE generations SET
     cpus = (SELECT cpus FROM projects WHERE projects.name = generations.project),
     memory_mib = (SELECT memory_mib FROM projects WHERE projects.name = generations.project),
     disk_gib = (SELECT disk_gib FROM projects WHERE projects.name = generations.project),
-    provider = (SELECT provider FROM projects WHERE projects.name = generations.project);
+    provider = COALESCE(
+        (SELECT provider FROM projects WHERE projects.name = generations.project), 'libvirt');
 
 CREATE TABLE base_images_new (
     name         TEXT PRIMARY KEY,
@@ -83,9 +85,10 @@ CREATE TABLE journal_new (
     pid         INTEGER NOT NULL,
     pid_start   TEXT NOT NULL,
     started_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    provider    TEXT NOT NULL DEFAULT '',   -- the VM's provider, for recovery without a row
     UNIQUE (kind, name)
 );
-INSERT INTO journal_new SELECT id, op, kind, name, step, detail, pid, pid_start, started_at
-    FROM journal;
+INSERT INTO journal_new (id, op, kind, name, step, detail, pid, pid_start, started_at)
+    SELECT id, op, kind, name, step, detail, pid, pid_start, started_at FROM journal;
 DROP TABLE journal;
 ALTER TABLE journal_new RENAME TO journal;
