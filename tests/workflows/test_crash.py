@@ -226,3 +226,20 @@ def test_kill_during_gc(swarm: Swarm, step: str, tmp_path: Path) -> None:
     assert newest.stat().st_mode & 0o777 == GEN_MODE
     assert_qcow2_ok(newest, pdir / "disk.qcow2")
     assert_consistent(swarm)
+
+
+def test_a_create_killed_after_its_rollback_removed_the_row(swarm: Swarm) -> None:
+    """An interrupted create past "begin" whose row is already gone (a failed create's
+    rollback removes the row first) still has its files removed, not just its entry."""
+
+    swarm.execute(
+        "INSERT INTO journal (op, kind, name, step, pid, pid_start, provider)"
+        " VALUES ('create', 'task', 'ghost', 'disk', 999999, 'gone', 'fake')"
+    )
+    leftovers = swarm.home / "tasks" / "ghost"
+    leftovers.mkdir(parents=True)
+    (leftovers / "disk.qcow2").write_bytes(b"half")
+    r = swarm("doctor", "--fix", check=False)
+    assert r.returncode == 0 and "[fixed] task ghost: interrupted" in r.stdout, r.stdout
+    assert not leftovers.exists()
+    assert swarm.db("SELECT * FROM journal") == []

@@ -86,7 +86,11 @@ class CreateOp(Operation):
         def clear() -> None:
             self.reg.journal_end(e.id)
 
-        if not self._row_created_by(e):
+        # "begin" without a row: killed before registering (entries older than schema 4;
+        # since then the row and the entry, at step "registered", are one transaction).
+        # Any later step: remove what is there, row or not (a rollback may have removed
+        # the row before it was killed).
+        if e.step == "begin" and not self._row_created_by(e):
             return Recovery("; nothing was created", "clear it", clear)
 
         def remove() -> None:
@@ -96,14 +100,13 @@ class CreateOp(Operation):
         return Recovery("", "remove the half-created VM", remove)
 
     def _row_created_by(self, e: JournalEntry) -> bool:
-        """Did the interrupted create `e` insert its registry row? Since schema 4 the row
-        and the entry (step "registered") are written in one transaction, so the row's
-        existence says it; an older entry may predate a row of the same name."""
+        """Did the interrupted create `e` insert the registry row of that name (it may have
+        been killed between the insert and recording the step)?"""
         try:
             row = self.vms.row(e.kind, e.name)
         except AgentSwarmError:
             return False
-        return e.step != "begin" or row.created_at >= e.started_at
+        return row.created_at >= e.started_at
 
 
 class DeleteOp(Operation):
