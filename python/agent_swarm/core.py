@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from agent_swarm import paths
@@ -21,7 +22,17 @@ from agent_swarm.journal import Operation
 from agent_swarm.layout import Layout
 
 if TYPE_CHECKING:
+    from agent_swarm.guest import Guest
     from agent_swarm.models import Project, Task
+    from agent_swarm.ops.capacity import Capacity
+    from agent_swarm.ops.checkpoints import Checkpoints
+    from agent_swarm.ops.gc import GC
+    from agent_swarm.ops.images import BaseImages
+    from agent_swarm.ops.projects import Projects
+    from agent_swarm.ops.seal import Seal
+    from agent_swarm.ops.tasks import Tasks
+    from agent_swarm.ops.views import Views
+    from agent_swarm.ops.vms import VMs
     from agent_swarm.providers.base import Provider
     from agent_swarm.registry import Registry
 
@@ -38,17 +49,6 @@ class Core:
         providers: dict[str, Provider] | None = None,
         write_ssh_config: bool = True,
     ) -> None:
-        from agent_swarm.guest import Guest
-        from agent_swarm.ops.capacity import Capacity
-        from agent_swarm.ops.checkpoints import Checkpoints
-        from agent_swarm.ops.gc import GC
-        from agent_swarm.ops.images import BaseImages
-        from agent_swarm.ops.projects import Projects
-        from agent_swarm.ops.seal import Seal
-        from agent_swarm.ops.tasks import Tasks
-        from agent_swarm.ops.views import Views
-        from agent_swarm.ops.vms import VMs
-
         self.reg = registry
         self.layout = layout or Layout.default()
         self.progress: Progress = progress or (lambda s: None)
@@ -57,16 +57,66 @@ class Core:
         self.write_ssh_config = write_ssh_config
         self.noticed = False  # the provider's start-up notice was shown
 
-        self.guest = Guest(self)
-        self.images = BaseImages(self)
-        self.vms = VMs(self)
-        self.capacity = Capacity(self)
-        self.projects = Projects(self)
-        self.seal = Seal(self)
-        self.tasks = Tasks(self)
-        self.gc = GC(self)
-        self.checkpoints = Checkpoints(self)
-        self.views = Views(self)
+    # Services are built on first use: `list` imports no seal, guest or SSH code.
+    @cached_property
+    def guest(self) -> Guest:
+        from agent_swarm.guest import Guest
+
+        return Guest(self)
+
+    @cached_property
+    def images(self) -> BaseImages:
+        from agent_swarm.ops.images import BaseImages
+
+        return BaseImages(self)
+
+    @cached_property
+    def vms(self) -> VMs:
+        from agent_swarm.ops.vms import VMs
+
+        return VMs(self)
+
+    @cached_property
+    def capacity(self) -> Capacity:
+        from agent_swarm.ops.capacity import Capacity
+
+        return Capacity(self)
+
+    @cached_property
+    def projects(self) -> Projects:
+        from agent_swarm.ops.projects import Projects
+
+        return Projects(self)
+
+    @cached_property
+    def seal(self) -> Seal:
+        from agent_swarm.ops.seal import Seal
+
+        return Seal(self)
+
+    @cached_property
+    def tasks(self) -> Tasks:
+        from agent_swarm.ops.tasks import Tasks
+
+        return Tasks(self)
+
+    @cached_property
+    def gc(self) -> GC:
+        from agent_swarm.ops.gc import GC
+
+        return GC(self)
+
+    @cached_property
+    def checkpoints(self) -> Checkpoints:
+        from agent_swarm.ops.checkpoints import Checkpoints
+
+        return Checkpoints(self)
+
+    @cached_property
+    def views(self) -> Views:
+        from agent_swarm.ops.views import Views
+
+        return Views(self)
 
     @classmethod
     def open(cls, *, progress: Progress | None = None, write_ssh_config: bool = True) -> Core:

@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any
 from agent_swarm import paths
 from agent_swarm.errors import InvalidState, SSHError, Timeout
 from agent_swarm.fsutil import atomic_write
-from agent_swarm.models import InstanceState, VMSpec
-from agent_swarm.ssh.config import GUEST_USER
+from agent_swarm.models import GUEST_USER, InstanceState, VMSpec
 
 if TYPE_CHECKING:
     import paramiko

@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass
 from pathlib import Path
 
+GUEST_USER = "worker"  # the login user in every guest (cloud-init creates it)
+
 
 @dataclass(frozen=True, slots=True)
 class BaseImage:

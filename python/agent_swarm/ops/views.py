@@ -66,13 +66,14 @@ class Views:
         spec = self.core.vms.spec(kind, vm) if isinstance(states, dict) else None
         disk_bytes = None
         if spec is not None:
-            fmt = self.core.vms.disk_format(vm.provider)
-            try:
-                disks.backend_for(fmt).check(spec.disk)
-                disk_bytes = disks.backend_for(fmt).actual_size(spec.disk)
-            except (OSError, ValueError, AgentSwarmError) as exc:
-                if state is not InstanceState.MISSING:
-                    state, reason = InstanceState.BROKEN, f"disk: {exc}"
+            backend = disks.backend_for(self.core.vms.disk_format(vm.provider))
+            disk_bytes = backend.actual_size(spec.disk)  # one header read when all is well
+            if disk_bytes is None:
+                try:
+                    backend.check(spec.disk)  # why not, as one line
+                except (OSError, ValueError, AgentSwarmError) as exc:
+                    if state is not InstanceState.MISSING:
+                        state, reason = InstanceState.BROKEN, f"disk: {exc}"
         entry = journal.get((kind, vm.name))
         if entry is not None:
             if procs.alive(entry.pid, entry.pid_start):

@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-from agent_swarm.ssh.config import GUEST_USER
+from agent_swarm.models import GUEST_USER
 
 log = logging.getLogger(__name__)
 

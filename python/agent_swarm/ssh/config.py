@@ -15,12 +15,12 @@ from pathlib import Path
 from agent_swarm import paths, settings
 from agent_swarm.errors import ConfigError
 from agent_swarm.fsutil import atomic_write
+from agent_swarm.models import GUEST_USER
 from agent_swarm.registry import Registry
 from agent_swarm.ssh import keys
 
 SSH_CONFIG = "ssh_config"
 KNOWN_HOSTS = "known_hosts"
-GUEST_USER = "worker"  # the login user in every guest (cloud-init creates it)
 INCLUDE_MARK = "# added by agent-swarm (remove with: agent-swarm ssh-config --uninstall)"
 
 

@@ -15,12 +15,11 @@ import libvirt
 
 from agent_swarm import paths
 from agent_swarm.errors import InvalidState, ProviderError, ProviderUnavailable, Timeout
-from agent_swarm.models import InstanceState, SSHEndpoint, VMSpec
+from agent_swarm.models import GUEST_USER, InstanceState, SSHEndpoint, VMSpec
 from agent_swarm.providers.base import Capabilities, Provider, ProviderInfo, VMStatus
 from agent_swarm.providers.libvirt import accel as accel_mod
 from agent_swarm.providers.libvirt import net
 from agent_swarm.providers.libvirt.domain import XMLNS_AS, domain_xml
-from agent_swarm.ssh.config import GUEST_USER
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
