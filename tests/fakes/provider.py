@@ -47,7 +47,7 @@ from agent_swarm.errors import (
     UnsupportedByProvider,
 )
 from agent_swarm.fsutil import atomic_write, file_lock
-from agent_swarm.models import InstanceState, SSHEndpoint, VMSpec
+from agent_swarm.models import GUEST_USER, InstanceState, SSHEndpoint, VMSpec
 from agent_swarm.providers.base import (
     Capabilities,
     Check,
@@ -56,7 +56,6 @@ from agent_swarm.providers.base import (
     ProviderInfo,
     VMStatus,
 )
-from agent_swarm.ssh.config import GUEST_USER
 
 STATE_DIR = "fake-hypervisor"
 CAPS_ENV = "AGENT_SWARM_FAKE_CAPS"

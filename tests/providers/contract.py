@@ -29,9 +29,8 @@ import pytest
 from agent_swarm import paths
 from agent_swarm.cloudinit.seed import build_seed_iso, cloud_config
 from agent_swarm.errors import AgentSwarmError, Timeout, UnsupportedByProvider
-from agent_swarm.models import InstanceState, SSHEndpoint, VMSpec
+from agent_swarm.models import GUEST_USER, InstanceState, SSHEndpoint, VMSpec
 from agent_swarm.providers.base import Capabilities, Provider, ProviderInfo, VMStatus
-from agent_swarm.ssh.config import GUEST_USER
 
 DISK_SIZE = 64 << 20
 MEMORY_MIB = 256  # small: memory checkpoints write it all (slow under TCG)

@@ -10,6 +10,7 @@ import click
 
 from agent_swarm.cli.context import obj
 from agent_swarm.errors import AgentSwarmError
+from agent_swarm.models import GUEST_USER
 from agent_swarm.names import EXISTING_NAME_RE, NAME_RULE
 
 _SIZE_RE = re.compile(r"(?i)\s*(\d+)\s*([kmgt]i?b?|b)?\s*")
@@ -171,5 +172,5 @@ def open_code(kind: str, name: str, path: str | None) -> int:
             "VS Code reads ~/.ssh/config, which does not include agent-swarm's hosts yet",
             hint="run `agent-swarm ssh-config --install` once",
         )
-    target = path or f"/home/{config.GUEST_USER}"
+    target = path or f"/home/{GUEST_USER}"
     return subprocess.call([exe, "--remote", f"ssh-remote+{config.alias(kind, name)}", target])
