@@ -54,6 +54,7 @@ class Views:
         gen: int | None,
         live: Live,
         journal: dict[tuple[str, str], JournalEntry],
+        ports: dict[tuple[str, str], int],
     ) -> VMView:
         states = live.get(vm.provider)
         if isinstance(states, dict):
@@ -63,10 +64,13 @@ class Views:
             state, reason = st.state, st.reason
         else:
             state, reason = InstanceState.BROKEN, states
-        spec = self.core.vms.spec(kind, vm) if isinstance(states, dict) else None
+        spec = None
+        if isinstance(states, dict):
+            fmt = self.core.vms.disk_format(vm.provider)
+            spec = self.core.vms.spec(kind, vm, fmt=fmt, port=ports.get((kind, vm.name), 0))
         disk_bytes = None
         if spec is not None:
-            backend = disks.backend_for(self.core.vms.disk_format(vm.provider))
+            backend = disks.backend_for(fmt)
             disk_bytes = backend.actual_size(spec.disk)  # one header read when all is well
             if disk_bytes is None:
                 try:
@@ -103,19 +107,25 @@ class Views:
             vm.memory_mib,
         )
 
+    def _rows(self) -> tuple[dict[tuple[str, str], JournalEntry], dict[tuple[str, str], int]]:
+        """The journal and every loopback port, one query each (not one per VM)."""
+        journal = {(e.kind, e.name): e for e in self.reg.journal()}
+        ports = {(kind, name): port for port, kind, name in self.reg.ports()}
+        return journal, ports
+
     def tasks(self, project: str | None = None) -> list[VMView]:
         tasks = self.reg.list_tasks(project)
         live = self._live(list(tasks))
-        journal = {(e.kind, e.name): e for e in self.reg.journal()}
-        return [self._view("task", t, t.project, t.generation, live, journal) for t in tasks]
+        journal, ports = self._rows()
+        return [self._view("task", t, t.project, t.generation, live, journal, ports) for t in tasks]
 
     def projects(self) -> list[VMView]:
         projects = self.reg.list_projects()
         live = self._live(list(projects))
-        journal = {(e.kind, e.name): e for e in self.reg.journal()}
+        journal, ports = self._rows()
         out = []
         for p in projects:
             latest = self.reg.latest_generation(p.name)
             gen = latest.generation if latest else None
-            out.append(self._view("project", p, p.name, gen, live, journal))
+            out.append(self._view("project", p, p.name, gen, live, journal, ports))
         return out

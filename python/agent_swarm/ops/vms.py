@@ -149,7 +149,10 @@ class VMs:
         """The disk format of a provider's VMs (its declared capability)."""
         return self.core.provider(provider_name).capabilities.disk_format
 
-    def spec(self, kind: str, vm: Project | Task, *, fmt: str | None = None) -> VMSpec:
+    def spec(
+        self, kind: str, vm: Project | Task, *, fmt: str | None = None, port: int | None = None
+    ) -> VMSpec:
+        """``port``: the VM's loopback port when the caller read them all already (list)."""
         if fmt is None:
             try:
                 fmt = self.disk_format(vm.provider)
@@ -167,7 +170,7 @@ class VMs:
             disk=L.disk(kind, vm.name, fmt),
             seed=L.seed(kind, vm.name),
             serial_log=L.serial_log(kind, vm.name),
-            ssh_port=self.reg.port_of(kind, vm.name) or 0,
+            ssh_port=(self.reg.port_of(kind, vm.name) if port is None else port) or 0,
             network=vm.network,
             host_access=vm.host_access,
         )
@@ -203,7 +206,7 @@ class VMs:
         ports = None if caps.dynamic_address else candidate_ports()
         return self.reg.register_vm(
             kind, name, fields, ports=ports, detail="start" if start else ""
-        )  # the entry records fields["provider"]
+        )
 
     def materialize(
         self,
@@ -318,14 +321,14 @@ class VMs:
                 if strict:
                     raise
                 return []
-        names = set(self.core.used_providers()) | set(self.core.loaded_names())
-        names.add(self.core.default_provider_name())
+        used = set(self.core.used_providers())
+        names = used | set(self.core.loaded_names()) | {self.core.default_provider_name()}
         out = []
         for n in sorted(names):
             try:
                 out.append(self.core.provider(n))
             except AgentSwarmError:
-                if strict and n in self.core.used_providers():
+                if strict and n in used:
                     raise
         return out
 

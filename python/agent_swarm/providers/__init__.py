@@ -13,10 +13,9 @@ import sys
 from typing import TYPE_CHECKING
 
 from agent_swarm.errors import ConfigError, ProviderUnavailable
-from agent_swarm.providers.base import Capabilities
 
 if TYPE_CHECKING:
-    from agent_swarm.providers.base import ProbeResult, Provider
+    from agent_swarm.providers.base import Capabilities, ProbeResult, Provider
 
 # name -> (implementation "module:Class", probe "module:function")
 PROVIDERS: dict[str, tuple[str, str]] = {
@@ -99,6 +98,8 @@ def probe_all() -> list[ProbeResult]:
 def capabilities(name: str) -> Capabilities | None:
     """A provider's declared capabilities (its class's), without connecting; None when its
     implementation cannot be imported here."""
+    from agent_swarm.providers.base import Capabilities
+
     impl_ref, _ = _check_name(name)
     try:
         cls = _load(impl_ref)

@@ -7,7 +7,7 @@ import click
 
 from agent_swarm.cli import LazyGroup
 from agent_swarm.cli.commands._common import PROJECT, TASK, Size
-from agent_swarm.cli.context import AppContext, obj, table
+from agent_swarm.cli.context import obj, table
 from agent_swarm.errors import AgentSwarmError
 
 
@@ -157,8 +157,9 @@ def delete(tasks: tuple[str, ...], project: str | None, parallel: int | None) ->
     if not names:
         app.emit([], f"Project {project} has no tasks.")
         return
-    for t in {app.registry.get_task(n).provider for n in names if _exists(app, n)}:
-        app.core.provider(t)  # fail early when a provider is unreachable
+    wanted = set(names)
+    for provider in {t.provider for t in app.registry.list_tasks() if t.name in wanted}:
+        app.core.provider(provider)  # fail early when a provider is unreachable
     live = bulk_mod.LiveLines(names)
     writer = bulk_mod.SshConfigWriter()
 
@@ -176,11 +177,3 @@ def delete(tasks: tuple[str, ...], project: str | None, parallel: int | None) ->
     if warning:
         app.info(warning)
     _finish(results, "deleted")
-
-
-def _exists(app: AppContext, name: str) -> bool:
-    try:
-        app.registry.get_task(name)
-    except AgentSwarmError:
-        return False
-    return True
