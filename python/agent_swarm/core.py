@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from agent_swarm.ops.tasks import Tasks
     from agent_swarm.ops.views import Views
     from agent_swarm.ops.vms import VMs
+    from agent_swarm.ops.warm import Warm
     from agent_swarm.providers.base import Provider
     from agent_swarm.registry import Registry
 
@@ -113,6 +114,12 @@ class Core:
         return Checkpoints(self)
 
     @cached_property
+    def warm(self) -> Warm:
+        from agent_swarm.ops.warm import Warm
+
+        return Warm(self)
+
+    @cached_property
     def views(self) -> Views:
         from agent_swarm.ops.views import Views
 
@@ -169,6 +176,7 @@ class Core:
             "seal": self.seal.op,
             "gc": self.gc.op,
             "restore": self.checkpoints.op,
+            "warm": self.warm.op,
         }
         return ops.get(op) or _Plain(self, op)
 

@@ -104,6 +104,10 @@ class Doctor(Checks):
             for key, st in sorted(live[pname].items()):
                 if key in known or key in skip:
                     continue
+                if key[0] == "warm":  # a warm template's VM: owned by its project's `warm`
+                    project = key[1].rpartition(".")[0]
+                    if ("project", project) in skip:
+                        continue
                 out.append(self._orphan_vm(prov, key, st))
 
         for kind in ("project", "task"):
@@ -159,6 +163,16 @@ class Doctor(Checks):
         kind, name = key
         label = st.label or f"{prov.name} VM {kind}-{name}"
         owner = prov.owner_of(kind, name)
+        if kind == "warm":  # no row of its own: settled under its project's journal slot
+            project = name.rpartition(".")[0]
+            return Finding(
+                "orphan-domain",
+                label,
+                f"the VM of an unfinished warm template of project {project} ({st.state})",
+                "power it off and remove it",
+                partial(prov.delete, self.core.vms.stub_spec(kind, name)),
+                vm=("project", project),
+            )
         if owner is not None and owner != str(self.layout.home):
             return Finding(
                 "foreign-domain",

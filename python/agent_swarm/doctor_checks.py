@@ -4,6 +4,7 @@ config (with the re-checks `--fix` runs while holding a VM's journal slot)."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent_swarm.errors import AgentSwarmError
-from agent_swarm.models import VMSpec
+from agent_swarm.models import Generation, VMSpec
 
 if TYPE_CHECKING:
     from agent_swarm.core import Core
@@ -210,6 +211,7 @@ class Checks:
                         None,
                     )
                 )
+        out += self._check_warm(project, gens)
         for f in self.layout.generation_files(project):
             if str(f) in registered:
                 continue
@@ -222,6 +224,57 @@ class Checks:
                     partial(f.unlink, missing_ok=True),
                     vm=("project", project),
                     recheck=partial(self._unknown_generation, project, str(f)),
+                )
+            )
+        return out
+
+    def _check_warm(self, project: str, gens: list[Generation]) -> list[Finding]:
+        """Warm templates: recorded ones intact (full checksums: a root QEMU started with
+        share=on by mistake would write into the RAM file), unrecorded directories removed."""
+        out = []
+        warm = self.core.warm
+        recorded = set()
+        for g in gens:
+            if not g.memory_image:
+                continue
+            recorded.add(g.memory_image)
+            t = warm.template(g)
+            problems = ["its files are gone"] if t is None else warm.problems(t)
+            if problems:
+                users = [
+                    x.name for x in self.reg.list_tasks(project) if x.warm_from == g.memory_image
+                ]
+                out.append(
+                    Finding(
+                        "damaged-warm-template",
+                        f"project {project} generation {g.generation}",
+                        "warm template: "
+                        + "; ".join(problems)
+                        + (f" (tasks resumed from it: {', '.join(users)})" if users else ""),
+                        None
+                        if users
+                        else "remove it (tasks then boot cold; `project warm` saves a new one)",
+                        None if users else partial(_drop, warm, project, g.generation),
+                        vm=("project", project),
+                    )
+                )
+        d = self.layout.vm_dir("project", project)
+        for w in sorted(d.glob("gen-*.warm*")) if d.is_dir() else []:
+            if str(w) in recorded:
+                continue
+            out.append(
+                Finding(
+                    "orphan-files",
+                    str(w),
+                    "an unfinished or unrecorded warm template",
+                    "remove it",
+                    partial(shutil.rmtree, w, ignore_errors=True),
+                    vm=("project", project),
+                    recheck=partial(
+                        lambda p, x: all(g.memory_image != x for g in self.reg.list_generations(p)),
+                        project,
+                        str(w),
+                    ),
                 )
             )
         return out
@@ -246,3 +299,7 @@ class Checks:
                         )
                     )
         return out
+
+
+def _drop(warm: Any, project: str, generation: int) -> None:
+    warm.drop(project, generation)

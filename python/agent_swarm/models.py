@@ -79,6 +79,7 @@ class Task:
     host_key: str
     created_at: str
     host_access: bool = False
+    warm_from: str = ""  # the warm template it resumed from ("" : booted cold)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,3 +127,10 @@ class VMSpec:
     network: str = "user"  # "user" (default) | "nat"
     # user networking: may the guest reach this host's loopback (and so its siblings)?
     host_access: bool = False
+    # Warm templates and clones (issue 10): guest RAM backed by this file. The template maps
+    # it shared (its RAM *is* the file); a clone maps it privately, copy-on-write.
+    memory_file: Path | None = None
+    memory_shared: bool = False
+    incoming: bool = False  # start waiting for a saved device state (a warm clone)
+    mac: str | None = None  # a fixed MAC (a clone keeps its template's); None: the provider's
+    machine: str | None = None  # an exact machine type (a clone's is its template's)

@@ -14,6 +14,9 @@ Every setting has a safe default, so the file is optional::
     [network]
     host_access = false         # new VMs may reach this host's loopback services (and siblings)
 
+    [seal]
+    warm = false                # `project stop` also saves a warm template (docs/warm-clones.md)
+
     [project.myapp]             # per project (its project VM and its tasks)
     forward_agent = true
     host_access = true
@@ -42,11 +45,13 @@ SCHEMA: dict[str, dict[str, type]] = {
     "capacity": {"cpu_ratio": float, "memory_ratio": float, "disk_reserve_gib": float},
     "ssh": {"forward_agent": bool, "authorize_user_keys": bool},
     "network": {"host_access": bool},
+    "seal": {"warm": bool},
 }
 PROJECT_KEYS: dict[str, type] = {
     "forward_agent": bool,
     "host_access": bool,
     "authorize_user_keys": bool,
+    "warm": bool,
 }
 
 
@@ -129,6 +134,7 @@ class Effective:
     forward_agent: bool = False
     host_access: bool = False
     authorize_user_keys: bool = False
+    warm: bool = False  # seal a warm template with each generation
 
 
 def for_project(project: str | None, data: dict[str, Any] | None = None) -> Effective:
@@ -138,6 +144,7 @@ def for_project(project: str | None, data: dict[str, Any] | None = None) -> Effe
         "forward_agent": ssh.get("forward_agent", False),
         "authorize_user_keys": ssh.get("authorize_user_keys", False),
         "host_access": net.get("host_access", False),
+        "warm": d.get("seal", {}).get("warm", False),
     }
     if project is not None:
         values.update(d.get("project", {}).get(project, {}))

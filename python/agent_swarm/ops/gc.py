@@ -55,7 +55,22 @@ class GC:
         out = []
         for p in self.reg.list_projects():
             gens = self.reg.list_generations(p.name)
-            pinned = {t.generation for t in self.reg.list_tasks(p.name)}
+            tasks = self.reg.list_tasks(p.name)
+            pinned = {t.generation for t in tasks}
+            resumed = {t.warm_from for t in tasks}
+            for g in gens[:-1]:
+                # An older generation's warm template: no new task resumes from it.
+                if g.memory_image and g.memory_image not in resumed:
+                    t = self.core.warm.template(g)
+                    out.append(
+                        {
+                            "project": p.name,
+                            "generation": g.generation,
+                            "path": g.memory_image,
+                            "disk_bytes": t.size() if t else 0,
+                            "warm": True,
+                        }
+                    )
             for g, child in itertools.pairwise(gens):
                 if g.generation in pinned or not disks.backend_for(child.format).detachable:
                     continue
@@ -75,6 +90,12 @@ class GC:
         rewritten onto the victim's own parent first, so its content is unchanged and VMs
         running on the old file keep it."""
         project, n = item["project"], int(item["generation"])
+        if item.get("warm"):
+            latest = self.reg.latest_generation(project)
+            if latest is None or latest.generation == n:
+                return False  # the newest again? (never: generations only grow) keep it
+            with self.op.run("project", project):
+                return self.core.warm.drop(project, n)
         with self.op.run("project", project) as op:
             gens = self.reg.list_generations(project)
             idx = next((i for i, g in enumerate(gens) if g.generation == n), None)
@@ -94,6 +115,7 @@ class GC:
                 )
                 backend.detach_parent(cpath, disks.backend_for(victim.format).parent_of(vpath))
             op.step("detached")
+            self.core.warm.drop(project, n)  # its warm template (no task resumed from it)
             self.reg.remove_generation(project, n)
             op.step("forgotten")
             vpath.unlink(missing_ok=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,14 +34,25 @@ class Tasks:
         force: bool = False,
         check_capacity: bool = True,
         host_access: bool | None = None,
+        cold: bool = False,
     ) -> Task:
         """Write transactions: one for row + port + journal entry, one to end the entry
-        (capacity, disk, seed and definition in between write nothing to the registry)."""
+        (capacity, disk, seed and definition in between write nothing to the registry).
+
+        Warm by default: when the project's newest generation has a warm template this task's
+        shape matches, the task resumes from it (ops/warm.py) instead of booting; else a
+        cold boot, with a one-line notice when a template exists but cannot be used."""
         validate_name(name, "task name")
         core = self.core
         p = self.reg.get_project(project)
         prov = core.provider_of(p)
         check_space(f"cannot create task {name}")
+        want_cpus, want_mem = cpus or p.cpus, memory_mib or p.memory_mib
+        tmpl = None
+        if start and not cold:
+            tmpl, why = core.warm.plan(prov, p, name, want_cpus, want_mem)
+            if why:
+                core.progress(f"task {name}: cold boot: {why}")
         host = new_host_key("task", name)
         entry, t = core.vms.register(
             prov,
@@ -48,12 +61,17 @@ class Tasks:
             {
                 "project": project,
                 "provider": p.provider,
-                "cpus": cpus or p.cpus,
-                "memory_mib": memory_mib or p.memory_mib,
+                "cpus": want_cpus,
+                "memory_mib": want_mem,
                 "network": p.network,
                 "host_access": p.host_access if host_access is None else host_access,
                 "host_key": host.public_openssh,
-            },
+            }
+            | (
+                {"warm_from": str(tmpl.dir), "generation": tmpl.generation}
+                if tmpl is not None
+                else {}
+            ),
             start=start,
         )
         assert isinstance(t, Task)
@@ -68,16 +86,56 @@ class Tasks:
                     f"the {prov.name} provider needs {prov.capabilities.disk_format}",
                     hint=f"seal the project again: `agent-swarm project stop {project}`",
                 )
-            spec = core.vms.materialize(
-                prov, "task", t, Path(gen.path), host, size=None, first_boot_setup=False, op=op
-            )
-            if start:  # still journaled: counted by concurrent capacity checks until it runs
-                core.progress(
-                    f"task {name}: booting (clone of {project} generation {t.generation})"
+            if tmpl is not None:
+                t0 = time.monotonic()
+                spec = core.vms.materialize(
+                    prov,
+                    "task",
+                    t,
+                    tmpl.disk,
+                    host,
+                    size=None,
+                    first_boot_setup=False,
+                    op=op,
+                    adjust=lambda s: core.warm.clone_spec(s, tmpl),
                 )
-                core.vms.boot(prov, spec)
+                core.progress(
+                    f"task {name}: resuming the warm template of {project} generation "
+                    f"{t.generation}"
+                )
+                try:
+                    times = core.warm.resume(prov, spec, tmpl, host, f"task {name}")
+                    # Its next boot is an ordinary one (own RAM, no saved state to wait for).
+                    prov.define(dataclasses.replace(spec, memory_file=None, incoming=False))
+                except BaseException:
+                    core.vms.rollback("task", name)
+                    raise
+                core.progress(
+                    f"task {name}: resumed in {times['resumed']:.2f} s, new identity at "
+                    f"{times['identity']:.2f} s (total {time.monotonic() - t0:.2f} s)"
+                )
+            else:
+                spec = core.vms.materialize(
+                    prov, "task", t, Path(gen.path), host, size=None, first_boot_setup=False, op=op
+                )
+                if start:  # still journaled: counted by concurrent capacity checks until it runs
+                    core.progress(
+                        f"task {name}: booting (clone of {project} generation {t.generation})"
+                    )
+                    core.vms.boot(prov, spec)
         if start and wait:
-            core.guest.wait_ready(prov, spec, t.host_key, f"task {name}")
+            if tmpl is not None:
+                # cloud-init finished in the template; ready = SSH answers with this task's
+                # own pinned key (the template's key is refused by the pinning).
+                t1 = time.monotonic()
+                s = core.guest.session(prov, spec, t.host_key, f"task {name}", BOOT_TIMEOUT)
+                try:
+                    s.run("true", timeout=60)
+                finally:
+                    s.close()
+                core.progress(f"task {name}: SSH answered in {time.monotonic() - t1:.2f} s")
+            else:
+                core.guest.wait_ready(prov, spec, t.host_key, f"task {name}")
         return t
 
     def wait_ready(self, name: str) -> None:

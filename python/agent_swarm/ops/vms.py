@@ -12,7 +12,7 @@ import contextlib
 import errno
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -177,6 +177,9 @@ class VMs:
 
     def stub_spec(self, kind: str, name: str) -> VMSpec:
         """Enough of a VM's spec to find and remove what is left of it."""
+        if kind == "warm":  # a warm template's VM: "<project>.<generation>"
+            project, _, n = name.rpartition(".")
+            return self.core.warm.stub_spec(project, int(n) if n.isdigit() else 0)
         d = self.layout.vm_dir(kind, name)
         return VMSpec(
             kind=kind, name=name, cpus=1, memory_mib=256, disk=d, seed=d, serial_log=d, ssh_port=0
@@ -219,6 +222,7 @@ class VMs:
         size: int | None,
         first_boot_setup: bool,
         op: Op,
+        adjust: Callable[[VMSpec], VMSpec] | None = None,
     ) -> VMSpec:
         """Disk, seed and provider definition for a registered VM. All or nothing: on any
         failure everything is removed again, the registry row too."""
@@ -240,6 +244,8 @@ class VMs:
             project = vm.name if kind == "project" else vm.project  # type: ignore[union-attr]
             write_seed(spec, host, project=project, first_boot_setup=first_boot_setup)
             op.step("seed")
+            if adjust is not None:
+                spec = adjust(spec)
             provider.define(spec)
             op.step("defined")
             self.refresh_ssh_config()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from agent_swarm.errors import UnsupportedByProvider
@@ -97,6 +98,25 @@ class GuestSession(Protocol):
     def close(self) -> None: ...
 
 
+class GuestAgent(Protocol):
+    """A channel to an agent inside the guest that needs no network and no login (QEMU's
+    guest agent over virtio-serial): how a resumed warm clone gets its new identity before
+    anything can log into it."""
+
+    def ping(self, timeout: float) -> bool:
+        """Does the agent answer within ``timeout`` seconds?"""
+        ...
+
+    def exec(self, argv: list[str], stdin: bytes, timeout: float) -> tuple[int, bytes, bytes]:
+        """Run ``argv`` (no shell) with ``stdin``; (exit code, stdout, stderr). Secrets go in
+        ``stdin``, never in ``argv``."""
+        ...
+
+    def set_time(self) -> None:
+        """Set the guest's clock (and hardware clock) to the host's now."""
+        ...
+
+
 class Provider(abc.ABC):
     """A VM backend. Implementations live in ``agent_swarm.providers.<name>``."""
 
@@ -167,6 +187,29 @@ class Provider(abc.ABC):
         """A provider's own command channel into the guest (vsock, a test double), used for
         readiness and identity reset instead of SSH. None: use SSH."""
         return None
+
+    def guest_agent(self, spec: VMSpec) -> GuestAgent | None:
+        """The guest agent of a running VM, where the provider has one (else None)."""
+        return None
+
+    # ---- warm templates and clones (Capabilities.warm_clones) ----
+    def warm_fingerprint(self, spec: VMSpec) -> dict[str, str]:
+        """What a saved state of a VM shaped like ``spec`` depends on (emulator and firmware
+        versions, the exact machine type, CPU model, device layout); needs no defined VM. A
+        clone resumes from a template only when both fingerprints are equal. ``machine`` is
+        the exact machine type the provider would run (the template's and its clones'
+        :attr:`VMSpec.machine`), when it has such a thing."""
+        raise UnsupportedByProvider("warm clones", provider=self.name)
+
+    def save_running_state(self, spec: VMSpec, state: Path) -> None:
+        """Pause the running VM (defined with ``memory_shared``), write its device state to
+        ``state`` (the RAM stays in :attr:`VMSpec.memory_file`) and power it off."""
+        raise UnsupportedByProvider("warm clones", provider=self.name)
+
+    def resume_from_state(self, spec: VMSpec, state: Path) -> None:
+        """Start the VM (defined with ``incoming``) from ``state`` and the RAM file it maps
+        privately; running, with its network, when this returns. On failure it is off."""
+        raise UnsupportedByProvider("warm clones", provider=self.name)
 
     # ---- checkpoints ----
     def checkpoint(self, spec: VMSpec, tag: str) -> None:

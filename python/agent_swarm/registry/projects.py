@@ -186,6 +186,29 @@ class ProjectsMixin(RegistryBase):
         ).fetchall()
         return [Generation(**dict(r)) for r in rows]
 
+    def set_warm(self, project: str, generation: int, path: str | None, host_key: str) -> None:
+        """Record (or, with ``path`` None, forget) a generation's warm template. Forgetting is
+        refused while a task resumed from it."""
+        with self.transaction() as c:
+            if path is None:
+                g = self.get_generation(project, generation)
+                if (
+                    g.memory_image
+                    and c.execute(
+                        "SELECT 1 FROM tasks WHERE warm_from = ? LIMIT 1", (g.memory_image,)
+                    ).fetchone()
+                ):
+                    raise InvalidState(
+                        f"the warm template of generation {generation} of {project!r} is "
+                        "used by tasks resumed from it",
+                        hint="delete those tasks first (`agent-swarm list`)",
+                    )
+            c.execute(
+                "UPDATE generations SET memory_image = ?, host_key = ?"
+                " WHERE project = ? AND generation = ?",
+                (path, host_key, project, generation),
+            )
+
     def remove_generation(self, project: str, generation: int) -> None:
         """Forget a sealed generation (the caller removes its file). Refused while a task
         pins it (foreign key)."""

@@ -32,6 +32,8 @@ class TasksMixin(ProjectsMixin, JournalMixin):
         network: str = "user",
         host_key: str = "",
         host_access: bool = False,
+        warm_from: str = "",
+        generation: int | None = None,
     ) -> Task:
         """Register a task on the project's newest template generation."""
         validate_name(name, "task name")
@@ -44,9 +46,17 @@ class TasksMixin(ProjectsMixin, JournalMixin):
                         f"project {project!r} has no template yet",
                         hint=f"set it up, then seal it with `agent-swarm project stop {project}`",
                     )
+                if generation is not None and generation != gen.generation:
+                    # A warm clone was planned on a generation a concurrent seal replaced.
+                    raise InvalidState(
+                        f"project {project!r} was sealed again meanwhile (generation "
+                        f"{gen.generation})",
+                        hint="run the command again",
+                    )
                 c.execute(
                     "INSERT INTO tasks (name, project, generation, provider, cpus, memory_mib,"
-                    " network, host_key, host_access) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " network, host_key, host_access, warm_from)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         name,
                         project,
@@ -57,6 +67,7 @@ class TasksMixin(ProjectsMixin, JournalMixin):
                         network,
                         host_key,
                         int(host_access),
+                        warm_from,
                     ),
                 )
         except sqlite3.IntegrityError as exc:

@@ -60,6 +60,7 @@ def _finish(results: list[Any], verb: str) -> None:
 @click.option("--no-wait", is_flag=True, help="Return once the VMs are booting.")
 @click.option("--no-start", is_flag=True, help="Only create them (disk, seed, VM); do not boot.")
 @click.option("--force", is_flag=True, help="Create even if the host would be oversubscribed.")
+@click.option("--cold", is_flag=True, help="Boot each from the template's disk, never warm.")
 def create(
     project: str,
     tasks: tuple[str, ...],
@@ -70,6 +71,7 @@ def create(
     no_wait: bool,
     no_start: bool,
     force: bool,
+    cold: bool,
 ) -> None:
     """Create TASKS from PROJECT in parallel; exit 1 if any failed.
 
@@ -114,13 +116,16 @@ def create(
                 wait=False,
                 start=start,
                 check_capacity=False,  # checked above for all of them
+                cold=cold,
             )
             writer.item_done(w)  # reachable by its alias while it boots
             if start and not no_wait:
                 w.tasks.wait_ready(name)
             if not start:
                 return f"created (generation {t.generation}, not started)"
-            state = "booting" if no_wait else "ready"
+            state = "starting" if no_wait else "ready"
+            if t.warm_from:
+                state += " (warm)"
             try:
                 ep = w.vms.endpoint("task", name)
                 where = f" ({ep.host}:{ep.port})"

@@ -56,9 +56,11 @@ def status() -> None:
                     "disk_bytes": size,
                     "tasks": users,
                     "newest": gen.generation == pv.generation,
+                    "warm": core.warm.summary(gen),
                 }
             )
         disk = sum(v.disk_bytes or 0 for v in vms) + sum(g["disk_bytes"] or 0 for g in gens)
+        disk += sum(g["warm"]["bytes"] for g in gens if g["warm"])
         data["projects"].append(
             {
                 "name": pv.name,
@@ -85,6 +87,18 @@ def status() -> None:
                 f"  generation {g['generation']}: {_size(g['disk_bytes'])}, {pin}"
                 + (" (newest)" if g["newest"] else "")
             )
+            if w := g["warm"]:
+                clones = w["clones"]
+                lines.append(
+                    f"    warm template: {_size(w['bytes'])} on disk (RAM file "
+                    f"{w['memory_mib']} MiB, {_size(w['ram_bytes'])} written), "
+                    + (
+                        f"{_size(w['shared_bytes'])} of it in memory, shared by "
+                        f"{len(clones)} resumed task{'s' if len(clones) != 1 else ''}"
+                        if w["shared_bytes"] is not None
+                        else f"{len(clones)} resumed tasks"
+                    )
+                )
         lines.append(
             "  "
             + table(
@@ -179,7 +193,8 @@ def doctor(fix: bool) -> None:
 @click.command()
 @click.option("--yes", is_flag=True, help="Really delete (default is a dry run).")
 def gc(yes: bool) -> None:
-    """Remove template generations that no VM uses (dry run unless --yes).
+    """Remove template generations (and older generations' warm templates) that no VM uses
+    (dry run unless --yes).
 
     The newest generation of each project is always kept (the project runs on it). An older
     one no task uses is removed after the next generation, whose backing file it is, has
@@ -203,7 +218,8 @@ def gc(yes: bool) -> None:
     total = sum(i["disk_bytes"] or 0 for i in plan)
     verb = "Removed" if yes else "Would remove"
     lines = [
-        f"{verb} {i['project']} generation {i['generation']} ({_size(i['disk_bytes'])})"
+        f"{verb} {i['project']} {'the warm template of ' if i.get('warm') else ''}generation "
+        f"{i['generation']} ({_size(i['disk_bytes'])})"
         for i in plan
     ]
     lines.append(f"{verb} {_size(total)} in total" + ("" if yes else "; run `gc --yes`."))

@@ -24,6 +24,11 @@ from agent_swarm.cli.context import obj, table
 @click.option("--no-wait", is_flag=True, help="Return once the VM is booting.")
 @click.option("--no-start", is_flag=True, help="Only create it (disk, seed, VM); do not boot.")
 @click.option("--force", is_flag=True, help="Boot even if the host would be oversubscribed.")
+@click.option(
+    "--cold",
+    is_flag=True,
+    help="Boot from the template's disk even when a warm template could resume it.",
+)
 def create(
     project: str,
     task: str,
@@ -33,8 +38,13 @@ def create(
     no_wait: bool,
     no_start: bool,
     force: bool,
+    cold: bool,
 ) -> None:
-    """Create task VM TASK cloned copy-on-write from PROJECT's newest template."""
+    """Create task VM TASK cloned copy-on-write from PROJECT's newest template.
+
+    When that generation is warm (`project warm`) and the task has its vCPUs and RAM, the
+    task resumes from the template's memory with a new identity instead of booting.
+    """
     app = obj()
     t = app.core.tasks.create(
         project,
@@ -45,13 +55,15 @@ def create(
         wait=not no_wait,
         start=not no_start,
         force=force,
+        cold=cold,
     )
     app.progress.done()
-    state = "created (not started)" if no_start else "booting" if no_wait else "ready"
+    state = "created (not started)" if no_start else "starting" if no_wait else "ready"
+    how = "resumed from the warm template of" if t.warm_from else "clone of"
     app.emit(
         asdict(t) | {"host_key": None},
         f"Task {task} is {state} "
-        f"(clone of {project} generation {t.generation}): `agent-swarm ssh {task}`.",
+        f"({how} {project} generation {t.generation}): `agent-swarm ssh {task}`.",
     )
 
 

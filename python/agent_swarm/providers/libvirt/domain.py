@@ -28,20 +28,53 @@ def quoteattr(value: str) -> str:
     return f'"{value}"'
 
 
+def host_arch() -> str:
+    m = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
+
+
+def default_machine(arch: str) -> str:
+    return "q35" if arch == "x86_64" else "virt"
+
+
+def cpu_xml(accel: str) -> str:
+    return "<cpu mode='host-passthrough' check='none' migratable='off'/>" if accel == "kvm" else ""
+
+
+def _qemu_opt(value: str) -> str:
+    """A value inside a QEMU ``-object a=b,c=d`` option: commas are doubled."""
+    return value.replace(",", ",,")
+
+
 def domain_xml(
     spec: VMSpec, *, domain_name: str, accel: str, home: str, uuid: str | None = None
 ) -> str:
     """The domain's XML. ``uuid``: the existing domain's (libvirt refuses to redefine a
     domain under the same name with another UUID, and gives XML without one a new UUID)."""
     a = quoteattr
-    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(
-        platform.machine().lower(), platform.machine().lower()
-    )
-    machine = "q35" if arch == "x86_64" else "virt"
+    arch = host_arch()
+    machine = spec.machine or default_machine(arch)
     dtype = "kvm" if accel == "kvm" else "qemu"
-    cpu = "<cpu mode='host-passthrough' check='none' migratable='off'/>" if accel == "kvm" else ""
+    cpu = cpu_xml(accel)
     uid, gid = os.getuid(), os.getgid()
-    mac = mac_for(domain_name)
+    mac = spec.mac or mac_for(domain_name)
+    warm_args: list[str] = []
+    genid = ""
+    if spec.memory_file is not None:
+        # Warm templates and clones: guest RAM is this file (libvirt 9 has no XML for a
+        # chosen file; its own pc.ram backend is then left unused). vmgenid tells a guest
+        # kernel that has the driver that it was cloned.
+        share = "on" if spec.memory_shared else "off"
+        warm_args += [
+            "-object",
+            f"memory-backend-file,id=as-mem,size={spec.memory_mib}M,"
+            f"mem-path={_qemu_opt(str(spec.memory_file))},share={share}",
+            "-machine",
+            "memory-backend=as-mem",
+        ]
+        genid = "<genid/>"
+    if spec.incoming:
+        warm_args += ["-incoming", "defer"]
     if spec.network == "nat":
         nic = (
             "<interface type='network'><source network='default'/>"
@@ -54,12 +87,12 @@ def domain_xml(
         nic = ""
         netdev = net.qemu_netdev(spec, NIC_ID)
         device = f"virtio-net-pci,netdev={NIC_ID},mac={mac},bus=pcie.0,addr=0x10"
-        cmdline = (
-            "<qemu:commandline>"
-            f"<qemu:arg value='-netdev'/><qemu:arg value={a(netdev)}/>"
-            f"<qemu:arg value='-device'/><qemu:arg value={a(device)}/>"
-            "</qemu:commandline>"
+        cmdline = "".join(
+            f"<qemu:arg value={a(v)}/>" for v in ["-netdev", netdev, "-device", device]
         )
+    cmdline += "".join(f"<qemu:arg value={a(v)}/>" for v in warm_args)
+    if cmdline:
+        cmdline = f"<qemu:commandline>{cmdline}</qemu:commandline>"
     return f"""<domain type='{dtype}' xmlns:qemu='{XMLNS_QEMU}'>
   <name>{domain_name}</name>{f"<uuid>{uuid}</uuid>" if uuid else ""}
   <title>agent-swarm {spec.kind} {spec.name}</title>
@@ -67,7 +100,7 @@ def domain_xml(
     <as:vm xmlns:as='{XMLNS_AS}' kind={a(spec.kind)} name={a(spec.name)} home={a(home)}/>
   </metadata>
   <memory unit='MiB'>{spec.memory_mib}</memory>
-  <vcpu>{spec.cpus}</vcpu>
+  <vcpu>{spec.cpus}</vcpu>{genid}
   <os><type arch='{arch}' machine='{machine}'>hvm</type><boot dev='hd'/></os>
   <features><acpi/><apic/></features>
   {cpu}

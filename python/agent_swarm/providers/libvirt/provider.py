@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -9,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import libvirt
@@ -18,7 +20,8 @@ from agent_swarm.errors import InvalidState, ProviderError, ProviderUnavailable,
 from agent_swarm.models import GUEST_USER, InstanceState, SSHEndpoint, VMSpec
 from agent_swarm.providers.base import Capabilities, Provider, ProviderInfo, VMStatus
 from agent_swarm.providers.libvirt import accel as accel_mod
-from agent_swarm.providers.libvirt import net
+from agent_swarm.providers.libvirt import domain as domain_mod
+from agent_swarm.providers.libvirt import net, warm
 from agent_swarm.providers.libvirt.domain import XMLNS_AS, domain_xml
 
 log = logging.getLogger(__name__)
@@ -96,7 +99,7 @@ class LibvirtProvider(Provider):
         memory_snapshots=True,
         suspend=True,
         dynamic_address=False,
-        warm_clones=False,
+        warm_clones=True,
         networks=("user", "nat"),
         host_needs=("libvirtd (qemu:///system)", "qemu-system-x86_64", "passt"),
     )
@@ -355,6 +358,72 @@ class LibvirtProvider(Provider):
                 if addr.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4:
                     return str(addr["addr"])
         raise Timeout(f"{spec.name} has no DHCP lease yet")
+
+    # ---- guest agent, warm templates and clones (warm.py) ----
+    def guest_agent(self, spec: VMSpec) -> warm.QemuGuestAgent | None:
+        return warm.QemuGuestAgent(self._dom(spec))
+
+    def _device_layout(self, spec: VMSpec) -> str:
+        """Our XML for a canonical VM of this shape: any change in the devices we generate
+        (or in the shape) changes it; names, paths, ports and the MAC do not."""
+        canon = dataclasses.replace(
+            spec,
+            kind="task",
+            name="x",
+            disk=Path("/d"),
+            seed=Path("/s"),
+            serial_log=Path("/l"),
+            ssh_port=1,
+            host_access=False,
+            memory_file=Path("/m"),
+            memory_shared=False,
+            incoming=False,
+            mac="52:54:00:00:00:00",
+            machine="m",
+        )
+        xml = domain_xml(canon, domain_name="d", accel=self.accel.kind, home="/h")
+        return hashlib.sha256(xml.encode()).hexdigest()[:16]
+
+    def warm_fingerprint(self, spec: VMSpec) -> dict[str, str]:
+        arch = domain_mod.host_arch()
+        with self._errors("reading the host's capabilities"):
+            return warm.fingerprint(
+                self.conn,
+                arch,
+                spec.machine or domain_mod.default_machine(arch),
+                domain_mod.cpu_xml(self.accel.kind),
+                self._device_layout(spec),
+            )
+
+    def save_running_state(self, spec: VMSpec, state: Path) -> None:
+        dom = self._dom(spec)
+        try:
+            warm.save(dom, state)
+        finally:
+            with suppress(libvirt.libvirtError):
+                if dom.isActive():
+                    dom.destroy()
+            net.stop(spec)
+
+    def resume_from_state(self, spec: VMSpec, state: Path) -> None:
+        dom = self._dom(spec)
+        if net.isolated(spec):
+            net.require_passt()
+        bounded(
+            f"starting {spec.kind} {spec.name!r}",
+            dom.createWithFlags,
+            libvirt.VIR_DOMAIN_START_PAUSED,
+        )
+        try:
+            warm.load(dom, state)
+            if net.isolated(spec):
+                net.attach(spec)
+            bounded(f"resuming {spec.kind} {spec.name!r}", dom.resume)
+        except BaseException:
+            with suppress(libvirt.libvirtError):
+                dom.destroy()
+            net.stop(spec)
+            raise
 
     # ---- checkpoints (libvirt internal snapshots: memory too when running) ----
     def checkpoint(self, spec: VMSpec, tag: str) -> None:
