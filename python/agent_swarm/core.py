@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from agent_swarm.models import Project, Task
     from agent_swarm.ops.capacity import Capacity
     from agent_swarm.ops.checkpoints import Checkpoints
+    from agent_swarm.ops.fork import Fork
     from agent_swarm.ops.gc import GC
     from agent_swarm.ops.images import BaseImages
     from agent_swarm.ops.projects import Projects
@@ -114,6 +115,12 @@ class Core:
         return Checkpoints(self)
 
     @cached_property
+    def fork(self) -> Fork:
+        from agent_swarm.ops.fork import Fork
+
+        return Fork(self)
+
+    @cached_property
     def warm(self) -> Warm:
         from agent_swarm.ops.warm import Warm
 
@@ -177,6 +184,7 @@ class Core:
             "gc": self.gc.op,
             "restore": self.checkpoints.op,
             "warm": self.warm.op,
+            "fork": self.fork.op,
         }
         return ops.get(op) or _Plain(self, op)
 

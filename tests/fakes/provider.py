@@ -15,26 +15,51 @@ Knobs (environment of the process that constructs the provider):
     (``networks=user+nat``). An unknown field is an error.
 ``AGENT_SWARM_FAKE_FAIL``
     Injected failures, ``op:NAME`` separated by commas (NAME ``*`` matches every VM):
-    ``define``, ``start``, ``stop``, ``delete``, ``checkpoint``, ``restore`` raise
-    :class:`ProviderError`; ``guest`` makes every guest command raise :class:`SSHError`;
+    ``define``, ``start``, ``stop``, ``delete``, ``checkpoint``, ``restore``, ``save`` (of
+    a running state), ``resume`` (from a saved state) raise :class:`ProviderError`;
+    ``guest`` makes every guest command raise :class:`SSHError`; ``agent`` makes the
+    VM's guest agent not answer (``ping`` is False); ``identity`` makes the guest not take
+    the identity pushed through its agent (the push "succeeds" but reports the old one);
     ``probe:*`` makes the host probe report the provider unavailable.
 ``AGENT_SWARM_FAKE_NOTICE``
     What :meth:`FakeProvider.startup_notice` returns (unset: None).
+``AGENT_SWARM_FAKE_EMULATOR``
+    The emulator version :meth:`FakeProvider.warm_fingerprint` reports (unset: ``fake 1``):
+    changing it between saving a warm template and creating a task is "the host changed".
+``AGENT_SWARM_FAKE_MACHINES``
+    The machine types this "host" runs, ``+``-separated, the default first (unset:
+    ``fake-machine-1``); a spec naming another one fingerprints as ``unsupported:<name>``
+    and cannot resume.
 
 Per-VM state a test can set with :func:`set_vm_state`: ``network_dead`` (True: a running VM
 reports a runtime problem until the next ``start``), ``state`` (``"broken"`` with
-``broken_reason`` shows a BROKEN VM), ``cloud_init`` (``"error"``: readiness fails).
+``broken_reason`` shows a BROKEN VM), ``cloud_init`` (``"error"``: readiness fails),
+``identity_sticks`` (False: like the ``identity`` failure; saved with a warm template and
+inherited by its clones).
+
+Warm clones (capability ``warm_clones``, on by default): a VM defined with
+``memory_shared`` and a ``memory_file`` can be saved running (:meth:`save_running_state`
+writes a small JSON state file: the VM's shape, MAC, machine type and its guest's identity,
+and marks the RAM file); a VM defined with ``incoming`` maps the RAM file privately and is
+resumed from such a state (:meth:`resume_from_state`), inheriting the saved guest identity
+(recorded as ``inherited``) until :class:`FakeGuestAgent` runs the core's identity push
+(recorded: ``identity_pushes``, ``clock`` and ``clock_sets``, ``rng_reseeded``,
+``argv_has_secret``, ``stdin_has_private_key``). A VM defined with ``incoming`` cannot
+``start``: it only waits for a state. The guest's identity is ``hostname``, ``machine_id``
+and ``host_pub`` in its record (the first boot sets ``hostname`` and ``machine_id`` from the
+spec).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -61,12 +86,19 @@ STATE_DIR = "fake-hypervisor"
 CAPS_ENV = "AGENT_SWARM_FAKE_CAPS"
 FAIL_ENV = "AGENT_SWARM_FAKE_FAIL"
 NOTICE_ENV = "AGENT_SWARM_FAKE_NOTICE"
+EMULATOR_ENV = "AGENT_SWARM_FAKE_EMULATOR"
+MACHINES_ENV = "AGENT_SWARM_FAKE_MACHINES"
+DEFAULT_EMULATOR = "fake 1"
+DEFAULT_MACHINE = "fake-machine-1"
+STATE_MAGIC = "agent-swarm fake saved state"
+RAM_MARK = b"fake guest RAM of "  # + the template's name: what save_running_state writes
 TESTS_DIR = Path(__file__).resolve().parents[1]  # on PYTHONPATH: `fakes.provider` imports
 
 DEFAULT_CAPS = Capabilities(
     disk_format="qcow2",
     snapshots=True,
     memory_snapshots=True,
+    warm_clones=True,
     networks=("user", "nat"),
     host_needs=("nothing: a test double",),
 )
@@ -183,6 +215,17 @@ def _spec_json(spec: VMSpec) -> dict[str, Any]:
     }
 
 
+def machines() -> list[str]:
+    """The machine types this fake host runs (``AGENT_SWARM_FAKE_MACHINES``), default first."""
+    out = [m for m in os.environ.get(MACHINES_ENV, "").split("+") if m]
+    return out or [DEFAULT_MACHINE]
+
+
+def machine_id_of(kind: str, name: str) -> str:
+    """The machine-id a VM's first boot gives it (stable per VM, 32 hex digits)."""
+    return hashlib.md5(f"{kind}/{name}".encode()).hexdigest()  # an id, not a secret
+
+
 def dynamic_port(kind: str, name: str) -> int:
     """The port a dynamic-address VM "gets" (stable per VM)."""
     return 20000 + zlib.crc32(f"{kind}/{name}".encode()) % 20000
@@ -241,6 +284,17 @@ class FakeProvider(Provider):
                 raise ProviderError(f"cannot define {spec.kind} {spec.name!r}: no {what} {p}")
         if spec.network not in self.capabilities.networks:
             raise ProviderError(f"network {spec.network!r} is not one of this provider's")
+        if spec.memory_file is not None and not Path(spec.memory_file).is_file():
+            raise ProviderError(
+                f"cannot define {spec.kind} {spec.name!r}: no memory file {spec.memory_file}"
+            )
+        if (spec.memory_shared or spec.incoming) and spec.memory_file is None:
+            raise ProviderError(
+                f"cannot define {spec.kind} {spec.name!r}: shared or incoming memory needs a "
+                "memory file"
+            )
+        if spec.machine is not None and spec.machine not in machines():
+            raise ProviderError(f"machine type {spec.machine!r} is not one of this host's")
         with _locked(self.home):
             state = _read(_file(self.home, spec.kind, spec.name)) or {
                 "kind": spec.kind,
@@ -271,8 +325,15 @@ class FakeProvider(Provider):
                     st["network_dead"] = False
                     st["network_repairs"] += 1
                 return
+            if st["spec"].get("incoming"):
+                raise ProviderError(
+                    f"{spec.kind} {spec.name!r} is defined to wait for a saved state "
+                    "(incoming): it cannot boot"
+                )
             st.update(state="running", network_dead=False, polls_since_start=0)
             st["boots"] += 1
+            st.setdefault("hostname", spec.name)  # a first boot: cloud-init names it
+            st.setdefault("machine_id", machine_id_of(spec.kind, spec.name))
 
     def stop(self, spec: VMSpec, *, force: bool = False, timeout: float = 90) -> None:
         self._fail("stop", spec)
@@ -339,6 +400,125 @@ class FakeProvider(Provider):
 
     def guest_session(self, spec: VMSpec) -> FakeGuest:
         return FakeGuest(self, spec)
+
+    def guest_agent(self, spec: VMSpec) -> FakeGuestAgent:
+        return FakeGuestAgent(self, spec)
+
+    # ---- warm templates and clones ----
+    def _require_warm(self) -> None:
+        if not self.capabilities.warm_clones:
+            raise UnsupportedByProvider("warm clones", provider=self.name)
+
+    def warm_fingerprint(self, spec: VMSpec) -> dict[str, str]:
+        self._require_warm()
+        known = machines()
+        machine = spec.machine or known[0]
+        if machine not in known:
+            machine = f"unsupported:{machine}"
+        shape = f"cpus={spec.cpus} memory={spec.memory_mib} network={spec.network}"
+        return {
+            "emulator": os.environ.get(EMULATOR_ENV) or DEFAULT_EMULATOR,
+            "machine": machine,
+            "devices": hashlib.sha256(shape.encode()).hexdigest()[:16],
+        }
+
+    def save_running_state(self, spec: VMSpec, state: Path) -> None:
+        self._require_warm()
+        self._fail("save", spec)
+        with self._edit(spec) as st:
+            defined = st["spec"]
+            if st["state"] != "running":
+                raise ProviderError(f"{spec.kind} {spec.name!r} is not running: nothing to save")
+            if not defined.get("memory_shared") or not defined.get("memory_file"):
+                raise ProviderError(
+                    f"{spec.kind} {spec.name!r} does not map its RAM from a shared file: "
+                    "its running state cannot be saved without the RAM"
+                )
+            ram = Path(defined["memory_file"])
+            with open(ram, "r+b") as f:  # the guest's memory, as the mapping left it
+                f.write(RAM_MARK + spec.name.encode())
+            saved = {
+                "magic": STATE_MAGIC,
+                "kind": spec.kind,
+                "name": spec.name,
+                "cpus": defined["cpus"],
+                "memory_mib": defined["memory_mib"],
+                "network": defined["network"],
+                "machine": defined.get("machine") or machines()[0],
+                "mac": defined.get("mac"),
+                "guest": {
+                    "hostname": st.get("hostname"),
+                    "machine_id": st.get("machine_id"),
+                    "host_pub": st.get("host_pub"),
+                },
+                "identity_sticks": st.get("identity_sticks", True),
+            }
+            with open(state, "w") as f:
+                f.write(json.dumps(saved, sort_keys=True) + "\n")
+            st.update(state="stopped", network_dead=False, saved_to=str(state))
+            st["saves"] = st.get("saves", 0) + 1
+            st["stops"] += 1
+
+    def resume_from_state(self, spec: VMSpec, state: Path) -> None:
+        self._require_warm()
+        self._fail("resume", spec)
+        with self._edit(spec) as st:
+            defined = st["spec"]
+            what = f"{spec.kind} {spec.name!r}"
+            if st["state"] != "stopped":
+                raise ProviderError(f"{what} is {st['state']}: only a defined, off VM resumes")
+            if not defined.get("incoming"):
+                raise ProviderError(f"{what} is not defined to wait for a saved state")
+            if not defined.get("memory_file"):
+                raise ProviderError(f"{what} has no RAM file to resume from")
+            if defined.get("memory_shared"):
+                # Its writes would land in the template's RAM, under every other clone.
+                raise ProviderError(f"{what} maps its RAM file shared: refusing to resume it")
+            try:
+                saved = json.loads(Path(state).read_text())
+            except (OSError, ValueError) as exc:
+                raise ProviderError(f"{what}: cannot read the saved state {state}: {exc}") from exc
+            if not isinstance(saved, dict) or saved.get("magic") != STATE_MAGIC:
+                raise ProviderError(f"{what}: {state} is not a saved state")
+            ram = Path(defined["memory_file"])
+            try:
+                with open(ram, "rb") as f:
+                    head = f.read(len(RAM_MARK) + len(saved["name"].encode()))
+                size = ram.stat().st_size
+            except OSError as exc:
+                raise ProviderError(f"{what}: cannot map its RAM file {ram}: {exc}") from exc
+            if head != RAM_MARK + saved["name"].encode():
+                raise ProviderError(f"{what}: {ram} is not the RAM the state was saved with")
+            if size != defined["memory_mib"] << 20:
+                raise ProviderError(
+                    f"{what}: its RAM file {ram} is not {defined['memory_mib']} MiB"
+                )
+            for key in ("cpus", "memory_mib", "network", "mac"):
+                if defined.get(key) != saved.get(key):
+                    raise ProviderError(
+                        f"{what}: its {key} ({defined.get(key)}) is not the saved state's "
+                        f"({saved.get(key)})"
+                    )
+            machine = defined.get("machine") or machines()[0]
+            if machine != saved["machine"] or machine not in machines():
+                raise ProviderError(
+                    f"{what}: machine type {machine!r} cannot load a state saved on "
+                    f"{saved['machine']!r}"
+                )
+            guest = saved.get("guest") or {}
+            st.update(
+                state="running",
+                network_dead=False,
+                polls_since_start=0,
+                resumed_from=str(state),
+                resumed_spec=dict(defined),  # the definition it resumed with
+                inherited=dict(guest),
+                hostname=guest.get("hostname"),
+                machine_id=guest.get("machine_id"),
+                host_pub=guest.get("host_pub"),
+                identity_sticks=bool(saved.get("identity_sticks", True)),
+            )
+            st["resumes"] = st.get("resumes", 0) + 1
 
     # ---- checkpoints ----
     def _require_snapshots(self) -> None:
@@ -412,3 +592,85 @@ class FakeGuest:
 
     def close(self) -> None:
         self.closed = True
+
+
+class FakeGuestAgent:
+    """The fake's guest agent (:class:`~agent_swarm.providers.base.GuestAgent`): answers while
+    the VM runs; runs the core's identity push (``IDENTITY_PUSH`` of
+    :mod:`agent_swarm.ops.warm`, its data on stdin) on the VM's record, and records any other
+    command in ``agent_commands``."""
+
+    def __init__(self, provider: FakeProvider, spec: VMSpec) -> None:
+        self.provider = provider
+        self.spec = spec
+
+    def _record(self) -> dict[str, Any] | None:
+        return vm_state(self.provider.home, self.spec.kind, self.spec.name)
+
+    def ping(self, timeout: float) -> bool:
+        st = self._record()
+        running = st is not None and st["state"] == "running"
+        return running and not _injected("agent", self.spec.name)
+
+    def set_time(self) -> None:
+        if not self.ping(5):
+            raise ProviderError(f"{self.spec.name!r}: the guest agent does not answer")
+        with self.provider._edit(self.spec) as st:
+            st["clock"] = time.time()
+            st["clock_sets"] = st.get("clock_sets", 0) + 1
+
+    def exec(
+        self,
+        argv: list[str],
+        stdin: bytes,
+        timeout: float,
+        meanwhile: Callable[[], None] | None = None,
+    ) -> tuple[int, bytes, bytes]:
+        from agent_swarm.ops.warm import IDENTITY_PUSH
+
+        if not self.ping(5):
+            raise ProviderError(f"{self.spec.name!r}: the guest agent does not answer")
+        if meanwhile is not None:
+            meanwhile()  # the command has "started"
+        with self.provider._edit(self.spec) as st:
+            # The push is recognised by its script, whatever else argv holds (so that a
+            # secret passed there is seen and recorded as ``argv_has_secret``).
+            if IDENTITY_PUSH not in argv[1:]:
+                st.setdefault("agent_commands", []).append(list(argv))
+                return 0, b"", b""
+            return self._push(st, argv, stdin)
+
+    def _push(self, st: dict[str, Any], argv: list[str], stdin: bytes) -> tuple[int, bytes, bytes]:
+        """What IDENTITY_PUSH does to a guest (its clock, RNG, SSH host key, machine-id and
+        hostname), on its record; it prints what the guest has then, as the script does."""
+        from agent_swarm.ops.warm import decode_payload
+
+        try:
+            d = decode_payload(stdin)
+            now, seed = float(d["now"]), bytes.fromhex(d["seed"])
+        except (ValueError, KeyError, UnicodeDecodeError) as exc:
+            return 255, b"", f"bad input: {exc!r}\n".encode()
+        key, pub, machine_id, hostname = d["key"], d["pub"], d["machine_id"], d["hostname"]
+        secrets_ = [key, d["seed"]] + [ln for ln in key.splitlines() if len(ln) > 20]
+        st["identity_pushes"] = st.get("identity_pushes", 0) + 1
+        st["argv_has_secret"] = any(x in a for a in argv for x in secrets_ if x)
+        st["stdin_has_private_key"] = "PRIVATE KEY" in key and b"PRIVATE KEY" in stdin
+        st["clock"] = now
+        st["clock_sets"] = st.get("clock_sets", 0) + 1
+        if len(seed) < 32:
+            return 255, b"", b"RNDADDENTROPY: seed too short\n"
+        st["rng_reseeded"] = st.get("rng_reseeded", 0) + 1
+        if not ("PRIVATE KEY" in key and pub.startswith("ssh-ed25519 ") and len(machine_id) == 32):
+            return 255, b"", b"bad identity data\n"
+        if st.get("identity_sticks", True) and not _injected("identity", self.spec.name):
+            st.update(hostname=hostname, machine_id=machine_id, host_pub=pub)
+            st["host_key_private_sha256"] = hashlib.sha256(key.encode()).hexdigest()
+        pub_now = str(st.get("host_pub") or "").split()
+        keys = ["ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"]
+        report = [
+            f"hostname={st.get('hostname') or ''}",
+            f"pub={pub_now[1] if len(pub_now) > 1 else ''}",
+            f"keys={','.join(keys)}",
+            f"machine_id={st.get('machine_id') or ''}",
+        ]
+        return 0, ("\n".join(report) + "\n").encode(), b""

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,12 @@ from agent_swarm.providers import get_provider
 from agent_swarm.providers.base import Capabilities
 from fakes.provider import (
     CAPS_ENV,
+    DEFAULT_MACHINE,
+    EMULATOR_ENV,
     FAIL_ENV,
+    MACHINES_ENV,
     NOTICE_ENV,
+    RAM_MARK,
     TESTS_DIR,
     FakeProvider,
     caps_from_env,
@@ -44,7 +49,7 @@ from providers.contract import SpecFactory
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     h = tmp_path / "home"
     monkeypatch.setenv("AGENT_SWARM_HOME", str(h))
-    for var in (CAPS_ENV, FAIL_ENV, NOTICE_ENV):
+    for var in (CAPS_ENV, FAIL_ENV, NOTICE_ENV, EMULATOR_ENV, MACHINES_ENV):
         monkeypatch.delenv(var, raising=False)
     return h
 
@@ -72,7 +77,7 @@ def run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
 def test_default_capabilities(home: Path) -> None:
     caps = FakeProvider().capabilities
     assert (caps.disk_format, caps.snapshots, caps.memory_snapshots) == ("qcow2", True, True)
-    assert not caps.dynamic_address and not caps.warm_clones
+    assert not caps.dynamic_address and caps.warm_clones
 
 
 def test_capabilities_from_the_environment(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -283,6 +288,202 @@ def test_checkpoint_of_a_running_vm_needs_memory_snapshots(
     p.stop(spec)
     p.checkpoint(spec, "c1")
     assert [c["state"] for c in p.list_checkpoints(spec)] == ["shutoff"]
+
+
+# ---- warm templates and clones ----
+MAC = "52:54:00:aa:bb:cc"
+
+
+def template_of(specs: SpecFactory, tmp_path: Path) -> VMSpec:
+    """A warm template's VM: its RAM in a file it maps shared."""
+    spec = spec_of(specs, "p.1", kind="warm")
+    ram = tmp_path / "ram"
+    with open(ram, "wb") as f:
+        f.truncate(spec.memory_mib << 20)
+    return dataclasses.replace(
+        spec, memory_file=ram, memory_shared=True, mac=MAC, machine=DEFAULT_MACHINE
+    )
+
+
+def saved_template(p: FakeProvider, specs: SpecFactory, tmp_path: Path) -> tuple[VMSpec, Path]:
+    t = template_of(specs, tmp_path)
+    p.define(t)
+    p.start(t)
+    state = tmp_path / "state"
+    p.save_running_state(t, state)
+    return t, state
+
+
+def clone_of(specs: SpecFactory, t: VMSpec, name: str = "t1", **changes: object) -> VMSpec:
+    spec = dataclasses.replace(
+        spec_of(specs, name),
+        memory_file=t.memory_file,
+        memory_shared=False,
+        incoming=True,
+        mac=t.mac,
+        machine=t.machine,
+    )
+    return dataclasses.replace(spec, **changes)  # type: ignore[arg-type]
+
+
+def test_warm_fingerprint(home: Path, specs: SpecFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = FakeProvider()
+    spec = spec_of(specs, "t1")
+    fp = p.warm_fingerprint(spec)
+    assert (fp["emulator"], fp["machine"]) == ("fake 1", DEFAULT_MACHINE)
+    assert p.warm_fingerprint(dataclasses.replace(spec, machine=DEFAULT_MACHINE)) == fp
+    assert p.warm_fingerprint(dataclasses.replace(spec, memory_mib=512))["devices"] != fp["devices"]
+    assert p.warm_fingerprint(dataclasses.replace(spec, machine="pc-9"))["machine"] == (
+        "unsupported:pc-9"
+    )
+    monkeypatch.setenv(EMULATOR_ENV, "fake 2")
+    assert p.warm_fingerprint(spec)["emulator"] == "fake 2"
+    monkeypatch.setenv(MACHINES_ENV, "fake-machine-2+fake-machine-1")
+    assert p.warm_fingerprint(spec)["machine"] == "fake-machine-2"  # the default: the first
+    assert p.warm_fingerprint(dataclasses.replace(spec, machine=DEFAULT_MACHINE))["machine"] == (
+        DEFAULT_MACHINE
+    )
+    monkeypatch.setenv(CAPS_ENV, "warm_clones=0")
+    with pytest.raises(UnsupportedByProvider):
+        FakeProvider().warm_fingerprint(spec)
+
+
+def test_save_running_state_needs_a_running_vm_with_shared_ram(
+    home: Path, specs: SpecFactory, tmp_path: Path
+) -> None:
+    p = FakeProvider()
+    t = template_of(specs, tmp_path)
+    state = tmp_path / "state"
+    p.define(dataclasses.replace(t, memory_shared=False))
+    p.start(t)
+    with pytest.raises(ProviderError, match="shared file"):
+        p.save_running_state(t, state)
+    p.stop(t)
+    p.define(t)
+    with pytest.raises(ProviderError, match="not running"):
+        p.save_running_state(t, state)
+    assert not state.exists()
+    with pytest.raises(ProviderError, match="no memory file"):
+        p.define(dataclasses.replace(t, memory_file=tmp_path / "nope"))
+    p.start(t)
+    p.save_running_state(t, state)
+    st = vm_state(home, "warm", "p.1")
+    assert st is not None and (st["state"], st["saves"]) == ("stopped", 1)
+    saved = json.loads(state.read_text())
+    assert (saved["mac"], saved["machine"], saved["memory_mib"]) == (MAC, DEFAULT_MACHINE, 256)
+    assert saved["guest"]["hostname"] == "p.1"
+    assert t.memory_file is not None
+    assert t.memory_file.read_bytes().startswith(RAM_MARK + b"p.1")
+
+
+def test_resume_refuses_what_qemu_would(
+    home: Path, specs: SpecFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = FakeProvider()
+    t, state = saved_template(p, specs, tmp_path)
+    bad = {
+        "shared": (dict(memory_shared=True), "maps its RAM file shared"),
+        "cold": (dict(incoming=False), "not defined to wait for a saved state"),
+        "mac": (dict(mac="52:54:00:00:00:01"), "its mac"),
+        "cpus": (dict(cpus=2), "its cpus"),
+        "machine": (dict(machine="fake-machine-2"), "machine type"),
+    }
+    monkeypatch.setenv(MACHINES_ENV, "fake-machine-1+fake-machine-2")
+    for key, (changes, message) in bad.items():
+        c = clone_of(specs, t, f"bad-{key}", **changes)
+        p.define(c)
+        with pytest.raises(ProviderError, match=message):
+            p.resume_from_state(c, state)
+        assert p.status(c).state is InstanceState.STOPPED, key
+    c = clone_of(specs, t)
+    p.define(c)
+    with pytest.raises(ProviderError, match="cannot boot"):
+        p.start(c)  # waits for a state: no boot
+    monkeypatch.setenv(FAIL_ENV, "resume:t1")
+    with pytest.raises(ProviderError, match="injected failure: resume"):
+        p.resume_from_state(c, state)
+    assert p.status(c).state is InstanceState.STOPPED
+    monkeypatch.delenv(FAIL_ENV)
+    p.resume_from_state(c, state)
+    st = vm_state(home, "task", "t1")
+    assert st is not None
+    assert (st["state"], st["boots"], st["resumes"]) == ("running", 0, 1)
+    assert st["resumed_from"] == str(state) and st["resumed_spec"]["incoming"] is True
+    assert st["hostname"] == "p.1" and st["inherited"]["hostname"] == "p.1"
+    with pytest.raises(ProviderError, match="is running"):
+        p.resume_from_state(c, state)
+    # Redefined as an ordinary VM, it boots again after a stop.
+    p.stop(c)
+    p.define(dataclasses.replace(c, memory_file=None, incoming=False))
+    p.start(c)
+    assert vm_state(home, "task", "t1")["boots"] == 1  # type: ignore[index]
+
+
+def test_guest_agent_and_the_identity_push(
+    home: Path, specs: SpecFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent_swarm.guest import new_host_key
+    from agent_swarm.ops.warm import IDENTITY_PUSH, Warm, encode_payload, parse_report
+
+    p = FakeProvider()
+    t, state = saved_template(p, specs, tmp_path)
+    c = clone_of(specs, t)
+    p.define(c)
+    agent = p.guest_agent(c)
+    assert not agent.ping(1)  # not running
+    p.resume_from_state(c, state)
+    assert agent.ping(1)
+    agent.set_time()
+    assert agent.exec(["/bin/true"], b"", 5) == (0, b"", b"")
+    host = new_host_key("task", "t1")
+    warm = object.__new__(Warm)  # push_identity needs no core
+    warm.push_identity(agent, c, host, "task t1")
+    st = vm_state(home, "task", "t1")
+    assert st is not None
+    assert (st["hostname"], st["host_pub"]) == ("t1", host.public_openssh)
+    assert st["machine_id"] != st["inherited"]["machine_id"]
+    assert (st["identity_pushes"], st["rng_reseeded"]) == (1, 1)
+    assert st["clock_sets"] >= 1 and abs(st["clock"] - time.time()) < 600
+    assert st["argv_has_secret"] is False and st["stdin_has_private_key"] is True
+    assert st["agent_commands"] == [["/bin/true"]]
+    # A secret in argv is seen.
+    payload = encode_payload("t1", "1" * 32, "00" * 64, host.public_openssh, host.private_openssh)
+    argv = ["/usr/bin/perl", "-e", IDENTITY_PUSH, host.private_openssh]
+    rc, out, _ = agent.exec(argv, payload, 5)
+    assert rc == 0 and parse_report(out)["machine_id"] == "1" * 32
+    assert vm_state(home, "task", "t1")["argv_has_secret"] is True  # type: ignore[index]
+    # A guest that does not take it: the core's check refuses the clone.
+    for knob in ("env", "state"):
+        if knob == "env":
+            monkeypatch.setenv(FAIL_ENV, "identity:t1")
+        else:
+            monkeypatch.delenv(FAIL_ENV)
+            set_vm_state(home, "task", "t1", identity_sticks=False)
+        with pytest.raises(ProviderError, match="did not take its new identity"):
+            warm.push_identity(agent, c, new_host_key("task", "t1"), "task t1")
+        assert vm_state(home, "task", "t1")["host_pub"] == host.public_openssh  # type: ignore[index]
+    # A bad payload fails like the script would.
+    rc, _, err = agent.exec(["/usr/bin/perl", "-e", IDENTITY_PUSH], b"{}", 5)
+    assert rc != 0 and err
+    monkeypatch.setenv(FAIL_ENV, "agent:t1")
+    assert not agent.ping(1)
+    with pytest.raises(ProviderError, match="does not answer"):
+        agent.exec(["/bin/true"], b"", 5)
+
+
+def test_identity_sticks_is_saved_with_the_template(
+    home: Path, specs: SpecFactory, tmp_path: Path
+) -> None:
+    p = FakeProvider()
+    t = template_of(specs, tmp_path)
+    p.define(t)
+    p.start(t)
+    set_vm_state(home, "warm", "p.1", identity_sticks=False)
+    p.save_running_state(t, tmp_path / "state")
+    c = clone_of(specs, t)
+    p.define(c)
+    p.resume_from_state(c, tmp_path / "state")
+    assert vm_state(home, "task", "t1")["identity_sticks"] is False  # type: ignore[index]
 
 
 # ---- across processes ----

@@ -265,3 +265,80 @@ def test_schema_4_keeps_every_row_and_relaxes_the_libvirt_checks(tmp_path: Path)
     assert con.execute("PRAGMA foreign_key_check").fetchall() == []
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     con.close()
+
+
+def test_schema_5_keeps_the_journal_and_tasks_and_knows_warm(tmp_path: Path) -> None:
+    """Schema v5 (warm clones) rebuilds the journal (its op CHECK): an entry of an interrupted
+    operation survives with its id, step and provider; the journal accepts ``warm``; tasks
+    gain ``warm_from`` ('' for the tasks there are: they booted cold)."""
+    from importlib import resources
+
+    db = tmp_path / "registry.db"
+    con = sqlite3.connect(db)
+    mig = resources.files("agent_swarm.registry.migrations")
+    for n in ("0001_initial.sql", "0002_journal.sql", "0003_host_access.sql", "0004_providers.sql"):
+        con.executescript(mig.joinpath(n).read_text())
+    con.execute("PRAGMA user_version = 4")
+    with pytest.raises(sqlite3.IntegrityError):  # what v4 refused
+        con.execute(
+            "INSERT INTO journal (op, kind, name, pid, pid_start) VALUES ('warm', 'project', 'x', "
+            "1, 'x')"
+        )
+    con.executescript(
+        "INSERT INTO base_images (name, path, format, virtual_size, source)"
+        "  VALUES ('b', '/x', 'qcow2', 1, 'file:/x');"
+        "INSERT INTO projects (name, base_image, provider, cpus, memory_mib, disk_gib)"
+        "  VALUES ('p', 'b', 'fake', 2, 1024, 8);"
+        "INSERT INTO generations (project, generation, path, format, provider)"
+        "  VALUES ('p', 1, '/g1', 'qcow2', 'fake');"
+        "INSERT INTO tasks (name, project, generation, provider, cpus, memory_mib, host_key)"
+        "  VALUES ('t', 'p', 1, 'fake', 1, 512, 'ssh-ed25519 T');"
+        "INSERT INTO journal (id, op, kind, name, step, detail, pid, pid_start, provider)"
+        "  VALUES (7, 'create', 'task', 'half', 'disk', 'start', 4242, 'gone', 'fake');"
+    )
+    con.commit()
+    con.close()
+    with Registry(db) as r:
+        assert r.schema_version == SCHEMA_VERSION >= 5
+        (e,) = r.journal()
+        assert (e.id, e.op, e.kind, e.name, e.step, e.detail, e.pid, e.pid_start, e.provider) == (
+            7,
+            "create",
+            "task",
+            "half",
+            "disk",
+            "start",
+            4242,
+            "gone",
+            "fake",
+        )
+        t = r.get_task("t")
+        assert (t.generation, t.host_key, t.warm_from) == (1, "ssh-ed25519 T", "")
+        # the journal takes the new operation, and still one operation per VM
+        entry = r.journal_begin("warm", "project", "p", provider="fake")
+        assert [x.op for x in r.journal()] == ["create", "warm"]
+        with pytest.raises(sqlite3.IntegrityError):
+            r._conn.execute(
+                "INSERT INTO journal (op, kind, name, pid, pid_start)"
+                " VALUES ('warm', 'project', 'p', 1, 'x')"
+            )
+        r.journal_end(entry)
+        with pytest.raises(sqlite3.IntegrityError):
+            r._conn.execute(
+                "INSERT INTO journal (op, kind, name, pid, pid_start)"
+                " VALUES ('nope', 'project', 'p', 1, 'x')"
+            )
+        # a warm clone records its template; the template cannot be forgotten under it
+        r.set_warm("p", 1, "/p/gen-1.warm", "ssh-ed25519 W")
+        g = r.get_generation("p", 1)
+        assert (g.memory_image, g.host_key) == ("/p/gen-1.warm", "ssh-ed25519 W")
+        w = r.add_task(
+            "w", project="p", provider="fake", cpus=1, memory_mib=512, warm_from="/p/gen-1.warm"
+        )
+        assert r.get_task("w").warm_from == "/p/gen-1.warm" and w.warm_from == "/p/gen-1.warm"
+        with pytest.raises(InvalidState, match="used by tasks"):
+            r.set_warm("p", 1, None, "")
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA foreign_key_check").fetchall() == []
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()

@@ -189,8 +189,9 @@ class Swarm:
         return out
 
     def gen_files(self, project: str) -> list[Path]:
+        """The project's generation disk files (not its warm template directories)."""
         d = self.home / "projects" / project
-        files = [p for p in d.glob("gen-*") if p.name.split(".")[0][4:].isdigit()]
+        files = [p for p in d.glob("gen-*") if p.name.split(".")[0][4:].isdigit() and p.is_file()]
         return sorted(files, key=lambda p: int(p.name.split(".")[0][4:]))
 
     def diagnose(self) -> list[Any]:

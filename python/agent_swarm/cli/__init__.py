@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "init-base": ("images:init_base", "Create or register a base image."),
     "project": ("project:project", "Manage project VMs (the templates tasks are cloned from)."),
     "create": ("tasks:create", "Create a task VM cloned from a project's template."),
+    "fork": ("tasks:fork", "Branch a running task into new running tasks (memory and disk)."),
     "list": ("tasks:list_", "List task VMs with their live state."),
     "start": ("tasks:start", "Start a stopped task VM."),
     "stop": ("tasks:stop", "Stop a task VM."),

@@ -111,7 +111,8 @@ class Tasks:
                     core.vms.rollback("task", name)
                     raise
                 core.progress(
-                    f"task {name}: resumed in {times['resumed']:.2f} s, new identity at "
+                    f"task {name}: resumed in {times['resumed']:.2f} s, guest agent at "
+                    f"{times['agent']:.2f} s, new identity and clock at "
                     f"{times['identity']:.2f} s (total {time.monotonic() - t0:.2f} s)"
                 )
             else:

@@ -194,6 +194,8 @@ class VMs:
         fields: dict[str, object],
         *,
         start: bool,
+        op: str = "create",
+        detail: str | None = None,
     ) -> tuple[int, Project | Task]:
         """Row, loopback port (unless the provider's address is dynamic) and journal entry,
         in one transaction."""
@@ -208,7 +210,12 @@ class VMs:
             )
         ports = None if caps.dynamic_address else candidate_ports()
         return self.reg.register_vm(
-            kind, name, fields, ports=ports, detail="start" if start else ""
+            kind,
+            name,
+            fields,
+            ports=ports,
+            op=op,
+            detail=("start" if start else "") if detail is None else detail,
         )
 
     def materialize(

@@ -14,6 +14,7 @@ always read live from the provider, never stored by the core.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -107,9 +108,15 @@ class GuestAgent(Protocol):
         """Does the agent answer within ``timeout`` seconds?"""
         ...
 
-    def exec(self, argv: list[str], stdin: bytes, timeout: float) -> tuple[int, bytes, bytes]:
+    def exec(
+        self,
+        argv: list[str],
+        stdin: bytes,
+        timeout: float,
+        meanwhile: Callable[[], None] | None = None,
+    ) -> tuple[int, bytes, bytes]:
         """Run ``argv`` (no shell) with ``stdin``; (exit code, stdout, stderr). Secrets go in
-        ``stdin``, never in ``argv``."""
+        ``stdin``, never in ``argv``. ``meanwhile`` runs once the command has started."""
         ...
 
     def set_time(self) -> None:
@@ -201,14 +208,28 @@ class Provider(abc.ABC):
         :attr:`VMSpec.machine`), when it has such a thing."""
         raise UnsupportedByProvider("warm clones", provider=self.name)
 
-    def save_running_state(self, spec: VMSpec, state: Path) -> None:
-        """Pause the running VM (defined with ``memory_shared``), write its device state to
-        ``state`` (the RAM stays in :attr:`VMSpec.memory_file`) and power it off."""
+    def save_running_state(
+        self,
+        spec: VMSpec,
+        state: Path,
+        *,
+        shared_memory: bool = True,
+        keep_running: bool = False,
+        while_paused: Callable[[], None] | None = None,
+    ) -> float:
+        """Pause the running VM and write its state to ``state``; the seconds it was paused.
+
+        ``shared_memory``: the VM was defined with ``memory_shared`` and its RAM stays in
+        :attr:`VMSpec.memory_file` (a warm template: the state is only device state); else
+        the RAM goes into ``state`` too (a fork). Then the VM is powered off, or with
+        ``keep_running`` resumed, after ``while_paused`` ran (its disks are flushed and
+        unchanging then: the time to copy them)."""
         raise UnsupportedByProvider("warm clones", provider=self.name)
 
-    def resume_from_state(self, spec: VMSpec, state: Path) -> None:
-        """Start the VM (defined with ``incoming``) from ``state`` and the RAM file it maps
-        privately; running, with its network, when this returns. On failure it is off."""
+    def resume_from_state(self, spec: VMSpec, state: Path, *, shared_memory: bool = True) -> None:
+        """Start the VM (defined with ``incoming``) from ``state`` (and, with
+        ``shared_memory``, the RAM file it maps privately); running, with its network, when
+        this returns. On failure it is off."""
         raise UnsupportedByProvider("warm clones", provider=self.name)
 
     # ---- checkpoints ----

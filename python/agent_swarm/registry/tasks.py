@@ -35,23 +35,28 @@ class TasksMixin(ProjectsMixin, JournalMixin):
         warm_from: str = "",
         generation: int | None = None,
     ) -> Task:
-        """Register a task on the project's newest template generation."""
+        """Register a task on the project's newest template generation (or ``generation``)."""
         validate_name(name, "task name")
         try:
             with self.transaction() as c:
                 self.get_project(project)
-                gen = self.latest_generation(project)
+                # The newest generation, unless the caller planned on one (a warm template's,
+                # a fork's source's): that one, even if a seal added a newer one meanwhile.
+                gen = (
+                    self.latest_generation(project)
+                    if generation is None
+                    else self.get_generation(project, generation)
+                )
                 if gen is None:
                     raise InvalidState(
                         f"project {project!r} has no template yet",
                         hint=f"set it up, then seal it with `agent-swarm project stop {project}`",
                     )
-                if generation is not None and generation != gen.generation:
-                    # A warm clone was planned on a generation a concurrent seal replaced.
+                if warm_from and gen.memory_image != warm_from:
                     raise InvalidState(
-                        f"project {project!r} was sealed again meanwhile (generation "
-                        f"{gen.generation})",
-                        hint="run the command again",
+                        f"the warm template of {project!r} generation {gen.generation} was "
+                        "removed meanwhile",
+                        hint="run the command again (or with --cold)",
                     )
                 c.execute(
                     "INSERT INTO tasks (name, project, generation, provider, cpus, memory_mib,"

@@ -95,7 +95,9 @@ def wait_for_ssh(
     after boot, a DHCP lease, raises :class:`Timeout` until then)."""
     t0 = time.monotonic()
     last_err = "no answer"
+    pause = 0.1  # doubling to 1 s: a resumed guest answers within a second or two
     while True:
+        pause = min(1.0, pause * 2)
         elapsed = time.monotonic() - t0
         if elapsed > timeout:
             raise Timeout(
@@ -112,7 +114,7 @@ def wait_for_ssh(
             where = ep() if callable(ep) else ep
         except Timeout as exc:  # no address yet
             last_err = exc.message
-            time.sleep(1.0)
+            time.sleep(pause)
             continue
         try:
             return connect(where, host_public, client_key, timeout=min(10.0, timeout))
@@ -122,7 +124,7 @@ def wait_for_ssh(
             last_err = f"authentication: {exc}"
         except _RETRYABLE as exc:
             last_err = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        time.sleep(1.0)
+        time.sleep(pause)
 
 
 def last_console_line(serial_log: Path, width: int = 60) -> str:

@@ -219,9 +219,8 @@ def warm_(name: str, force: bool, drop: bool) -> None:
     copy-on-write and share its unchanged pages. `create --cold` still boots cold.
     """
     app = obj()
-    latest = app.registry.latest_generation(name)
     if drop:
-        if latest is None or not app.core.warm.drop(name, latest.generation):
+        if not app.core.warm.remove(name):
             app.emit({"name": name, "dropped": False}, f"Project {name} has no warm template.")
             return
         app.emit({"name": name, "dropped": True}, f"Removed the warm template of {name}.")

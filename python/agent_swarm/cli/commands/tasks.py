@@ -67,6 +67,28 @@ def create(
     )
 
 
+@click.command()
+@click.argument("task", type=TASK)
+@click.argument("new", nargs=-1, required=True, type=TASK)
+@click.option("--no-wait", is_flag=True, help="Return before SSH answers in the new tasks.")
+@click.option("--force", is_flag=True, help="Fork even if the host would be oversubscribed.")
+def fork(task: str, new: tuple[str, ...], no_wait: bool, force: bool) -> None:
+    """Branch running task TASK into NEW tasks (one or more), each a running copy of its
+    memory and disk at one moment, with its own identity (host key, hostname, machine-id).
+
+    TASK is paused while its memory is saved once and its disk copied (a second or two),
+    then runs on. Example: agent-swarm fork fix-login try-a try-b
+    """
+    app = obj()
+    forks = app.core.fork.fork(task, list(new), wait=not no_wait, force=force)
+    app.progress.done()
+    names = ", ".join(t.name for t in forks)
+    app.emit(
+        [asdict(t) | {"host_key": None, "forked_from": task} for t in forks],
+        f"Forked {task} into {names}: `agent-swarm ssh {forks[0].name}`.",
+    )
+
+
 @click.command("list")
 @click.option("--project", type=PROJECT, help="Only tasks of this project.")
 def list_(project: str | None) -> None:

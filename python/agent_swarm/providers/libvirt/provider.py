@@ -209,9 +209,13 @@ class LibvirtProvider(Provider):
                 net.require_passt()  # before QEMU starts: no VM without its network
             bounded(f"starting {spec.kind} {spec.name!r}", dom.create)
             self._attach_network(spec, dom, just_started=True)
-        elif net.isolated(spec) and net.running_pid(spec) is None:
-            # running, but its passt died: a new one (never powers the VM off on failure)
-            self._attach_network(spec, dom, just_started=False)
+        else:
+            if net.isolated(spec) and net.running_pid(spec) is None:
+                # running, but its passt died: a new one (never powers the VM off on failure)
+                self._attach_network(spec, dom, just_started=False)
+            with self._errors(f"resuming {spec.kind} {spec.name!r}"):
+                if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                    dom.resume()  # left paused (an interrupted save for a fork)
 
     def runtime_problem(self, spec: VMSpec) -> str | None:
         """Why a running VM has no network (its passt is gone), else None. Cheap when all is
@@ -395,17 +399,35 @@ class LibvirtProvider(Provider):
                 self._device_layout(spec),
             )
 
-    def save_running_state(self, spec: VMSpec, state: Path) -> None:
+    def save_running_state(
+        self,
+        spec: VMSpec,
+        state: Path,
+        *,
+        shared_memory: bool = True,
+        keep_running: bool = False,
+        while_paused: Callable[[], None] | None = None,
+    ) -> float:
         dom = self._dom(spec)
+        if not keep_running:
+            try:
+                return warm.save(dom, state, ignore_shared=shared_memory, after=while_paused)
+            finally:
+                with suppress(libvirt.libvirtError):
+                    if dom.isActive():
+                        dom.destroy()
+                net.stop(spec)
+        t0 = time.monotonic()
         try:
-            warm.save(dom, state)
+            warm.save(dom, state, ignore_shared=shared_memory, after=while_paused)
         finally:
+            # Running again whatever happened (a source task must not stay paused).
             with suppress(libvirt.libvirtError):
-                if dom.isActive():
-                    dom.destroy()
-            net.stop(spec)
+                if dom.isActive() and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                    dom.resume()
+        return time.monotonic() - t0
 
-    def resume_from_state(self, spec: VMSpec, state: Path) -> None:
+    def resume_from_state(self, spec: VMSpec, state: Path, *, shared_memory: bool = True) -> None:
         dom = self._dom(spec)
         if net.isolated(spec):
             net.require_passt()
@@ -415,7 +437,7 @@ class LibvirtProvider(Provider):
             libvirt.VIR_DOMAIN_START_PAUSED,
         )
         try:
-            warm.load(dom, state)
+            warm.load(dom, state, ignore_shared=shared_memory)
             if net.isolated(spec):
                 net.attach(spec)
             bounded(f"resuming {spec.kind} {spec.name!r}", dom.resume)

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +59,12 @@ def _pass_fd(dom: libvirt.virDomain, fd: int, name: str) -> None:
         raise ProviderError(f"QEMU getfd: {reply['error'].get('desc', reply['error'])}")
 
 
-def _ignore_shared(dom: libvirt.virDomain) -> None:
-    # Both sides must set it; a clone without it refuses the state loudly.
+def _ignore_shared(dom: libvirt.virDomain, on: bool) -> None:
+    # Both sides must agree; a clone that differs refuses the state loudly.
     qmp(
         dom,
         "migrate-set-capabilities",
-        capabilities=[{"capability": "x-ignore-shared", "state": True}],
+        capabilities=[{"capability": "x-ignore-shared", "state": on}],
     )
 
 
@@ -83,9 +84,20 @@ def _wait_migration(dom: libvirt.virDomain, what: str, timeout: float) -> None:
         delay = min(delay * 2, 0.1)
 
 
-def save(dom: libvirt.virDomain, state: Path) -> None:
-    """Pause the domain and write its device state to ``state`` (0600, fsynced)."""
-    _ignore_shared(dom)
+def save(
+    dom: libvirt.virDomain,
+    state: Path,
+    *,
+    ignore_shared: bool = True,
+    after: Callable[[], None] | None = None,
+) -> float:
+    """Pause the domain and write its state to ``state`` (0600, fsynced): device state only
+    with ``ignore_shared`` (its RAM is a shared file), else RAM too. ``after`` runs while it
+    is still paused (disks flushed). Returns the seconds since the pause; it stays paused."""
+    _ignore_shared(dom, ignore_shared)
+    # QEMU limits migration to 128 MiB/s by default: a file is no network link.
+    qmp(dom, "migrate-set-parameters", **{"max-bandwidth": 1 << 40})
+    t0 = time.monotonic()
     qmp(dom, "stop")
     fd = os.open(state, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
@@ -94,13 +106,17 @@ def save(dom: libvirt.virDomain, state: Path) -> None:
         os.close(fd)  # QEMU holds its own copy
     qmp(dom, "migrate", uri="fd:as-mig")
     _wait_migration(dom, "saving the running state", MIGRATE_TIMEOUT)
+    if after is not None:
+        after()
+    paused = time.monotonic() - t0
     with open(state, "rb") as f:
         os.fsync(f.fileno())
+    return paused
 
 
-def load(dom: libvirt.virDomain, state: Path) -> None:
+def load(dom: libvirt.virDomain, state: Path, *, ignore_shared: bool = True) -> None:
     """Load ``state`` into a domain started paused with ``-incoming defer``."""
-    _ignore_shared(dom)
+    _ignore_shared(dom, ignore_shared)
     fd = os.open(state, os.O_RDONLY | os.O_CLOEXEC)
     try:
         _pass_fd(dom, fd, "as-mig")
@@ -133,7 +149,13 @@ class QemuGuestAgent:
             return False
         return True
 
-    def exec(self, argv: list[str], stdin: bytes, timeout: float) -> tuple[int, bytes, bytes]:
+    def exec(
+        self,
+        argv: list[str],
+        stdin: bytes,
+        timeout: float,
+        meanwhile: Callable[[], None] | None = None,
+    ) -> tuple[int, bytes, bytes]:
         started = self._cmd(
             "guest-exec",
             30,
@@ -142,6 +164,8 @@ class QemuGuestAgent:
             **{"input-data": base64.b64encode(stdin).decode(), "capture-output": True},
         )
         pid = int(started["pid"])
+        if meanwhile is not None:
+            meanwhile()
         deadline = time.monotonic() + timeout
         delay = 0.01
         while True:
@@ -153,7 +177,7 @@ class QemuGuestAgent:
             if time.monotonic() > deadline:
                 raise Timeout(f"a command in the guest did not finish within {timeout:.0f} s")
             time.sleep(delay)
-            delay = min(delay * 2, 0.2)
+            delay = min(delay * 2, 0.05)
 
     def set_time(self) -> None:
         ns = time.time_ns()
