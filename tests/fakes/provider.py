@@ -17,6 +17,9 @@ Knobs (environment of the process that constructs the provider):
     Injected failures, ``op:NAME`` separated by commas (NAME ``*`` matches every VM):
     ``define``, ``start``, ``stop``, ``delete``, ``checkpoint``, ``restore``, ``save`` (of
     a running state), ``resume`` (from a saved state) raise :class:`ProviderError`;
+    ``save-stuck`` pauses the VM, then raises and leaves it paused (a hypervisor that failed
+    to resume it); ``save-crash`` SIGKILLs the calling process while the VM is paused (after
+    ``while_paused`` ran: a command killed mid-fork, the VM left paused);
     ``guest`` makes every guest command raise :class:`SSHError`; ``agent`` makes the
     VM's guest agent not answer (``ping`` is False); ``identity`` makes the guest not take
     the identity pushed through its agent (the push "succeeds" but reports the old one);
@@ -35,19 +38,35 @@ Per-VM state a test can set with :func:`set_vm_state`: ``network_dead`` (True: a
 reports a runtime problem until the next ``start``), ``state`` (``"broken"`` with
 ``broken_reason`` shows a BROKEN VM), ``cloud_init`` (``"error"``: readiness fails),
 ``identity_sticks`` (False: like the ``identity`` failure; saved with a warm template and
-inherited by its clones).
+inherited by its clones), ``memory`` (a dict: what the guest holds in RAM; lost when it powers
+off, saved with its running state and inherited by what resumes from it), ``writes_disk``
+(True: the guest writes its disk as soon as it runs again after a pause: 64 KiB of
+:data:`GUEST_WRITE_PATTERN` at :data:`GUEST_WRITE_OFFSET`, through ``qemu-io`` for a qcow2
+disk; counted in ``disk_writes``).
 
 Warm clones (capability ``warm_clones``, on by default): a VM defined with
 ``memory_shared`` and a ``memory_file`` can be saved running (:meth:`save_running_state`
 writes a small JSON state file: the VM's shape, MAC, machine type and its guest's identity,
-and marks the RAM file); a VM defined with ``incoming`` maps the RAM file privately and is
-resumed from such a state (:meth:`resume_from_state`), inheriting the saved guest identity
-(recorded as ``inherited``) until :class:`FakeGuestAgent` runs the core's identity push
+and marks the RAM file, where its ``memory`` goes); a VM defined with ``incoming`` maps the
+RAM file privately and is resumed from such a state (:meth:`resume_from_state`), inheriting
+the saved guest identity (recorded as ``inherited``) and memory until :class:`FakeGuestAgent`
+runs the core's identity push
 (recorded: ``identity_pushes``, ``clock`` and ``clock_sets``, ``rng_reseeded``,
 ``argv_has_secret``, ``stdin_has_private_key``). A VM defined with ``incoming`` cannot
 ``start``: it only waits for a state. The guest's identity is ``hostname``, ``machine_id``
-and ``host_pub`` in its record (the first boot sets ``hostname`` and ``machine_id`` from the
-spec).
+and ``host_pub`` in its record (a boot with a seed of a new ``instance_id`` sets ``hostname``
+and ``host_pub`` from the seed, as cloud-init does; the first boot sets ``machine_id``).
+
+Forks (``save_running_state(shared_memory=False, keep_running=True, while_paused=...)``): any
+running VM can be saved with its RAM in the state file (then ``ram_included``); it is
+``paused`` (counted in ``pauses``) while ``while_paused`` runs and running again afterwards,
+whatever happened (``unpauses``), unless an injected ``save-stuck`` / ``save-crash`` leaves it
+paused; ``start`` resumes a paused VM (no boot). Like QEMU, the state records the RAM layout
+the VM *runs* with (``live_spec``: its definition when it booted or resumed; a memory file
+then is QEMU's ``memory-backend-file``, else its default RAM block): a VM resumed from it with
+``shared_memory=False`` must name a memory file exactly when the saved VM did (mapped
+privately; its content is not read), and ``shared_memory`` must match how the state was saved
+(``x-ignore-shared``). Recorded on the resumed VM: ``resumed_shared_memory``.
 """
 
 from __future__ import annotations
@@ -57,6 +76,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import signal
+import subprocess
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -92,6 +113,8 @@ DEFAULT_EMULATOR = "fake 1"
 DEFAULT_MACHINE = "fake-machine-1"
 STATE_MAGIC = "agent-swarm fake saved state"
 RAM_MARK = b"fake guest RAM of "  # + the template's name: what save_running_state writes
+GUEST_WRITE_OFFSET = 4 << 20  # where a guest with ``writes_disk`` writes when it runs again
+GUEST_WRITE_PATTERN = 0x5A
 TESTS_DIR = Path(__file__).resolve().parents[1]  # on PYTHONPATH: `fakes.provider` imports
 
 DEFAULT_CAPS = Capabilities(
@@ -226,6 +249,36 @@ def machine_id_of(kind: str, name: str) -> str:
     return hashlib.md5(f"{kind}/{name}".encode()).hexdigest()  # an id, not a secret
 
 
+def _seed_identity(seed: Path) -> dict[str, Any] | None:
+    """What cloud-init takes from a NoCloud seed ISO on a new instance: instance-id, hostname
+    and the SSH host key (None: no readable seed)."""
+    import io
+
+    import pycdlib
+
+    iso = pycdlib.PyCdlib()
+    try:
+        iso.open(str(seed))
+        try:
+            out: dict[str, bytes] = {}
+            for name in ("meta-data", "user-data"):
+                buf = io.BytesIO()
+                iso.get_file_from_iso_fp(buf, rr_path=f"/{name}")
+                out[name] = buf.getvalue()
+        finally:
+            iso.close()
+        meta = json.loads(out["meta-data"])
+        text = out["user-data"].decode()
+        user = json.loads(text.split("\n", 1)[1]) if text.startswith("#cloud-config") else {}
+    except Exception:  # a test double: no readable seed, no identity from it
+        return None
+    return {
+        "instance_id": meta.get("instance-id"),
+        "hostname": meta.get("local-hostname"),
+        "host_pub": (user.get("ssh_keys") or {}).get("ed25519_public"),
+    }
+
+
 def dynamic_port(kind: str, name: str) -> int:
     """The port a dynamic-address VM "gets" (stable per VM)."""
     return 20000 + zlib.crc32(f"{kind}/{name}".encode()) % 20000
@@ -288,10 +341,9 @@ class FakeProvider(Provider):
             raise ProviderError(
                 f"cannot define {spec.kind} {spec.name!r}: no memory file {spec.memory_file}"
             )
-        if (spec.memory_shared or spec.incoming) and spec.memory_file is None:
+        if spec.memory_shared and spec.memory_file is None:
             raise ProviderError(
-                f"cannot define {spec.kind} {spec.name!r}: shared or incoming memory needs a "
-                "memory file"
+                f"cannot define {spec.kind} {spec.name!r}: shared memory needs a memory file"
             )
         if spec.machine is not None and spec.machine not in machines():
             raise ProviderError(f"machine type {spec.machine!r} is not one of this host's")
@@ -319,27 +371,39 @@ class FakeProvider(Provider):
 
     def start(self, spec: VMSpec) -> None:
         self._fail("start", spec)
+        unpaused = False
         with self._edit(spec) as st:
-            if st["state"] == "running":
+            if st["state"] in ("running", "paused"):
                 if st["network_dead"]:
                     st["network_dead"] = False
                     st["network_repairs"] += 1
-                return
-            if st["spec"].get("incoming"):
+                if st["state"] == "paused":  # left paused (an interrupted save for a fork)
+                    st["state"] = "running"
+                    st["unpauses"] = st.get("unpauses", 0) + 1
+                    unpaused = True
+            elif st["spec"].get("incoming"):
                 raise ProviderError(
                     f"{spec.kind} {spec.name!r} is defined to wait for a saved state "
                     "(incoming): it cannot boot"
                 )
-            st.update(state="running", network_dead=False, polls_since_start=0)
-            st["boots"] += 1
-            st.setdefault("hostname", spec.name)  # a first boot: cloud-init names it
-            st.setdefault("machine_id", machine_id_of(spec.kind, spec.name))
+            else:
+                st.update(state="running", network_dead=False, polls_since_start=0, memory={})
+                st["live_spec"] = dict(st["spec"])  # what it runs with until it powers off
+                st["boots"] += 1
+                seed = _seed_identity(spec.seed)
+                if seed is not None and seed["instance_id"] != st.get("instance_id"):
+                    # a new instance: cloud-init names it and installs the pinned host key
+                    st.update(seed)
+                st.setdefault("hostname", spec.name)  # a first boot: cloud-init names it
+                st.setdefault("machine_id", machine_id_of(spec.kind, spec.name))
+        if unpaused:
+            self._guest_writes(spec)
 
     def stop(self, spec: VMSpec, *, force: bool = False, timeout: float = 90) -> None:
         self._fail("stop", spec)
         with self._edit(spec) as st:
             if st["state"] != "stopped":
-                st.update(state="stopped", network_dead=False, last_stop_forced=force)
+                st.update(state="stopped", network_dead=False, last_stop_forced=force, memory={})
                 st["stops"] += 1
 
     def delete(self, spec: VMSpec) -> None:
@@ -422,44 +486,117 @@ class FakeProvider(Provider):
             "devices": hashlib.sha256(shape.encode()).hexdigest()[:16],
         }
 
-    def save_running_state(self, spec: VMSpec, state: Path) -> None:
+    def save_running_state(
+        self,
+        spec: VMSpec,
+        state: Path,
+        *,
+        shared_memory: bool = True,
+        keep_running: bool = False,
+        while_paused: Callable[[], None] | None = None,
+    ) -> float:
         self._require_warm()
         self._fail("save", spec)
+        what = f"{spec.kind} {spec.name!r}"
         with self._edit(spec) as st:
-            defined = st["spec"]
             if st["state"] != "running":
-                raise ProviderError(f"{spec.kind} {spec.name!r} is not running: nothing to save")
-            if not defined.get("memory_shared") or not defined.get("memory_file"):
+                raise ProviderError(f"{what} is not running: nothing to save")
+            live = st.get("live_spec") or st["spec"]
+            if shared_memory and (not live.get("memory_shared") or not live.get("memory_file")):
                 raise ProviderError(
-                    f"{spec.kind} {spec.name!r} does not map its RAM from a shared file: "
-                    "its running state cannot be saved without the RAM"
+                    f"{what} does not map its RAM from a shared file: its running state "
+                    "cannot be saved without the RAM"
                 )
-            ram = Path(defined["memory_file"])
-            with open(ram, "r+b") as f:  # the guest's memory, as the mapping left it
-                f.write(RAM_MARK + spec.name.encode())
+            st["state"] = "paused"
+            st["pauses"] = st.get("pauses", 0) + 1
+            snapshot = dict(st)
+        t0 = time.monotonic()
+        ok = False
+        try:
+            memory = dict(snapshot.get("memory") or {})
+            if shared_memory:  # the guest's memory, as the shared mapping left it
+                with open(live["memory_file"], "r+b") as f:
+                    f.write(RAM_MARK + spec.name.encode() + b"\n")
+                    f.write(json.dumps(memory, sort_keys=True).encode() + b"\n")
             saved = {
                 "magic": STATE_MAGIC,
                 "kind": spec.kind,
                 "name": spec.name,
-                "cpus": defined["cpus"],
-                "memory_mib": defined["memory_mib"],
-                "network": defined["network"],
-                "machine": defined.get("machine") or machines()[0],
-                "mac": defined.get("mac"),
+                "cpus": live["cpus"],
+                "memory_mib": live["memory_mib"],
+                "network": live["network"],
+                "machine": live.get("machine") or machines()[0],
+                "mac": live.get("mac"),
+                # QEMU's RAM block: a memory-backend-file, or its default one
+                "memory_backend": "file" if live.get("memory_file") else "ram",
+                "ram_included": not shared_memory,
                 "guest": {
-                    "hostname": st.get("hostname"),
-                    "machine_id": st.get("machine_id"),
-                    "host_pub": st.get("host_pub"),
+                    "hostname": snapshot.get("hostname"),
+                    "machine_id": snapshot.get("machine_id"),
+                    "host_pub": snapshot.get("host_pub"),
                 },
-                "identity_sticks": st.get("identity_sticks", True),
+                "identity_sticks": snapshot.get("identity_sticks", True),
             }
-            with open(state, "w") as f:
+            if not shared_memory:
+                saved["memory"] = memory
+            fd = os.open(state, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as f:
                 f.write(json.dumps(saved, sort_keys=True) + "\n")
-            st.update(state="stopped", network_dead=False, saved_to=str(state))
-            st["saves"] = st.get("saves", 0) + 1
-            st["stops"] += 1
+            if _injected("save-stuck", spec.name):
+                raise ProviderError(
+                    f"injected failure: save-stuck of {what} ({FAIL_ENV}): left paused"
+                )
+            if while_paused is not None:
+                with self._edit(spec) as st:  # counted only if it really is paused now
+                    if st["state"] == "paused":
+                        st["while_paused_ran"] = st.get("while_paused_ran", 0) + 1
+                while_paused()
+            if _injected("save-crash", spec.name):
+                os.kill(os.getpid(), signal.SIGKILL)  # a command killed mid-fork
+            ok = True
+        finally:
+            if not _injected("save-stuck", spec.name):
+                with self._edit(spec) as st:
+                    if keep_running:  # running again whatever happened
+                        st["state"] = "running"
+                        st["unpauses"] = st.get("unpauses", 0) + 1
+                    else:  # powered off after the save (or the failure)
+                        st.update(state="stopped", network_dead=False, memory={})
+                        st["stops"] += 1
+                    if ok:
+                        st["saved_to"] = str(state)
+                        st["saves"] = st.get("saves", 0) + 1
+                        st.setdefault("saved_shared_memory", []).append(shared_memory)
+        if keep_running and not _injected("save-stuck", spec.name):
+            self._guest_writes(spec)
+        return time.monotonic() - t0
 
-    def resume_from_state(self, spec: VMSpec, state: Path) -> None:
+    def _guest_writes(self, spec: VMSpec) -> None:
+        """A guest with ``writes_disk`` writes its disk as soon as it runs again."""
+        st = vm_state(self.home, spec.kind, spec.name)
+        if st is None or not st.get("writes_disk"):
+            return
+        disk = Path(st["spec"]["disk"])
+        if disk.suffix == ".qcow2":
+            cmd = f"write -P {GUEST_WRITE_PATTERN:#x} {GUEST_WRITE_OFFSET} 64k"
+            r = subprocess.run(
+                ["qemu-io", "-f", "qcow2", "-c", cmd, str(disk)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            if r.returncode != 0:
+                raise ProviderError(f"the fake guest could not write {disk}: {r.stderr}")
+        else:
+            fd = os.open(disk, os.O_WRONLY)
+            try:
+                os.pwrite(fd, bytes([GUEST_WRITE_PATTERN]) * 65536, GUEST_WRITE_OFFSET)
+            finally:
+                os.close(fd)
+        with self._edit(spec) as st:
+            st["disk_writes"] = st.get("disk_writes", 0) + 1
+
+    def resume_from_state(self, spec: VMSpec, state: Path, *, shared_memory: bool = True) -> None:
         self._require_warm()
         self._fail("resume", spec)
         with self._edit(spec) as st:
@@ -469,8 +606,6 @@ class FakeProvider(Provider):
                 raise ProviderError(f"{what} is {st['state']}: only a defined, off VM resumes")
             if not defined.get("incoming"):
                 raise ProviderError(f"{what} is not defined to wait for a saved state")
-            if not defined.get("memory_file"):
-                raise ProviderError(f"{what} has no RAM file to resume from")
             if defined.get("memory_shared"):
                 # Its writes would land in the template's RAM, under every other clone.
                 raise ProviderError(f"{what} maps its RAM file shared: refusing to resume it")
@@ -480,19 +615,43 @@ class FakeProvider(Provider):
                 raise ProviderError(f"{what}: cannot read the saved state {state}: {exc}") from exc
             if not isinstance(saved, dict) or saved.get("magic") != STATE_MAGIC:
                 raise ProviderError(f"{what}: {state} is not a saved state")
-            ram = Path(defined["memory_file"])
-            try:
-                with open(ram, "rb") as f:
-                    head = f.read(len(RAM_MARK) + len(saved["name"].encode()))
-                size = ram.stat().st_size
-            except OSError as exc:
-                raise ProviderError(f"{what}: cannot map its RAM file {ram}: {exc}") from exc
-            if head != RAM_MARK + saved["name"].encode():
-                raise ProviderError(f"{what}: {ram} is not the RAM the state was saved with")
-            if size != defined["memory_mib"] << 20:
+            if bool(saved.get("ram_included")) == shared_memory:
+                how = "with" if saved.get("ram_included") else "without"
                 raise ProviderError(
-                    f"{what}: its RAM file {ram} is not {defined['memory_mib']} MiB"
+                    f"{what}: the state was saved {how} its RAM, and shared_memory="
+                    f"{shared_memory} disagrees (x-ignore-shared)"
                 )
+            if shared_memory and not defined.get("memory_file"):
+                raise ProviderError(f"{what} has no RAM file to resume from")
+            memory: dict[str, Any] = {}
+            if defined.get("memory_file"):
+                ram = Path(defined["memory_file"])
+                try:
+                    with open(ram, "rb") as f:
+                        head = f.read(1 << 16)
+                    size = ram.stat().st_size
+                except OSError as exc:
+                    raise ProviderError(f"{what}: cannot map its RAM file {ram}: {exc}") from exc
+                if size != defined["memory_mib"] << 20:
+                    raise ProviderError(
+                        f"{what}: its RAM file {ram} is not {defined['memory_mib']} MiB"
+                    )
+                if shared_memory:
+                    mark = RAM_MARK + saved["name"].encode()
+                    if not head.startswith(mark):
+                        raise ProviderError(
+                            f"{what}: {ram} is not the RAM the state was saved with"
+                        )
+                    with contextlib.suppress(ValueError, IndexError):
+                        memory = json.loads(head[len(mark) :].split(b"\n")[1])
+            if not shared_memory:
+                backend = "file" if defined.get("memory_file") else "ram"
+                if backend != saved.get("memory_backend", "ram"):
+                    raise ProviderError(
+                        f"{what}: its RAM block ({backend}) is not the saved VM's "
+                        f"({saved.get('memory_backend')}): Unknown ramblock"
+                    )
+                memory = dict(saved.get("memory") or {})
             for key in ("cpus", "memory_mib", "network", "mac"):
                 if defined.get(key) != saved.get(key):
                     raise ProviderError(
@@ -512,11 +671,14 @@ class FakeProvider(Provider):
                 polls_since_start=0,
                 resumed_from=str(state),
                 resumed_spec=dict(defined),  # the definition it resumed with
+                resumed_shared_memory=shared_memory,
+                live_spec=dict(defined),
                 inherited=dict(guest),
                 hostname=guest.get("hostname"),
                 machine_id=guest.get("machine_id"),
                 host_pub=guest.get("host_pub"),
                 identity_sticks=bool(saved.get("identity_sticks", True)),
+                memory=memory,
             )
             st["resumes"] = st.get("resumes", 0) + 1
 

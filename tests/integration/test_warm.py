@@ -155,6 +155,14 @@ def test_warm_clones_and_fork(swarm: Swarm, monkeypatch: pytest.MonkeyPatch) -> 
     gen = st["projects"][0]["generations"][0]  # type: ignore[index]
     assert gen["warm"]["clones"] == ["wb", "wf"] and gen["warm"]["memory_mib"] == 1024
 
+    # a reboot of a resumed task is an ordinary boot of its own disk, and cloud-init (its seed
+    # has the task's own key and hostname) keeps the identity it was given
+    swarm("stop", "wb")
+    swarm("start", "wb")  # waits for SSH with wb's pinned key
+    out = swarm.run("wb", "hostname; cat /etc/machine-id; cat /dev/shm/mark 2>/dev/null || true")
+    assert out.split()[:2] == ["wb", ids["wb"][1]]
+    assert "in-memory" not in out  # (it really rebooted)
+
     # -- the disks are sound; then everything goes
     for t in ("wb", "wf"):
         r2 = subprocess.run(

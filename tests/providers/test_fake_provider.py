@@ -486,6 +486,230 @@ def test_identity_sticks_is_saved_with_the_template(
     assert vm_state(home, "task", "t1")["identity_sticks"] is False  # type: ignore[index]
 
 
+# ---- forks: a running VM saved with its RAM, running on ----
+def fork_of(specs: SpecFactory, name: str, **changes: object) -> VMSpec:
+    """A fork's VM: waits for a state, its RAM in that state (no memory file)."""
+    return dataclasses.replace(spec_of(specs, name), incoming=True, **changes)  # type: ignore[arg-type]
+
+
+def running_source(p: FakeProvider, specs: SpecFactory, home: Path) -> VMSpec:
+    src = spec_of(specs, "src")
+    p.define(src)
+    p.start(src)
+    set_vm_state(
+        home, "task", "src", memory={"tmpfs": "work in progress"}, host_pub="ssh-ed25519 A"
+    )
+    return src
+
+
+def test_save_with_the_ram_while_paused_then_running_on(
+    home: Path, specs: SpecFactory, tmp_path: Path
+) -> None:
+    p = FakeProvider()
+    src = running_source(p, specs, home)
+    state = tmp_path / "fork.state"
+    seen: list[object] = []
+
+    def while_paused() -> None:
+        seen.append(p.status(src).state)
+        seen.append(p.guest_agent(src).ping(1))  # a paused guest does not answer
+
+    # A cold-booted VM maps no shared RAM file: a warm template's save is refused, unchanged.
+    with pytest.raises(ProviderError, match="shared file"):
+        p.save_running_state(src, state)
+    assert p.status(src).state is InstanceState.RUNNING and not state.exists()
+    paused = p.save_running_state(
+        src, state, shared_memory=False, keep_running=True, while_paused=while_paused
+    )
+    assert isinstance(paused, float) and paused >= 0
+    assert seen == [InstanceState.PAUSED, False]
+    st = vm_state(home, "task", "src")
+    assert st is not None and st["state"] == "running"
+    assert (st["pauses"], st["unpauses"], st["saves"], st["boots"]) == (1, 1, 1, 1)
+    assert st["while_paused_ran"] == 1 and st["saved_shared_memory"] == [False]
+    assert st["memory"] == {"tmpfs": "work in progress"}  # running on, its RAM kept
+    assert state.stat().st_mode & 0o777 == 0o600
+    saved = json.loads(state.read_text())
+    assert (saved["ram_included"], saved["memory_backend"]) == (True, "ram")
+    assert saved["memory"] == {"tmpfs": "work in progress"}
+    assert saved["guest"] == {
+        "hostname": "src",
+        "machine_id": st["machine_id"],
+        "host_pub": "ssh-ed25519 A",
+    }
+
+    # A fork resumes from it: its RAM (and so the guest's identity) from the state alone.
+    f = fork_of(specs, "f1")
+    p.define(f)
+    with pytest.raises(ProviderError, match="x-ignore-shared"):
+        p.resume_from_state(f, state)  # shared_memory=True: QEMU refuses the state
+    assert p.status(f).state is InstanceState.STOPPED
+    p.resume_from_state(f, state, shared_memory=False)
+    fs = vm_state(home, "task", "f1")
+    assert fs is not None and (fs["state"], fs["boots"], fs["resumes"]) == ("running", 0, 1)
+    assert fs["resumed_shared_memory"] is False and fs["resumed_spec"]["memory_file"] is None
+    assert fs["memory"] == {"tmpfs": "work in progress"}
+    assert (fs["hostname"], fs["host_pub"]) == ("src", "ssh-ed25519 A")
+    # A powered-off guest forgets its RAM; a boot starts with none.
+    p.stop(f)
+    assert vm_state(home, "task", "f1")["memory"] == {}  # type: ignore[index]
+
+
+def test_a_forks_ram_layout_must_be_the_running_vms(
+    home: Path, specs: SpecFactory, tmp_path: Path
+) -> None:
+    """QEMU's RAM blocks: a VM that runs on a memory-backend-file (a warm clone) loads only
+    into one that has one too (mapped privately), and a cold-booted one only into one that has
+    none (else "Unknown ramblock")."""
+    p = FakeProvider()
+    t, tstate = saved_template(p, specs, tmp_path)
+    clone = clone_of(specs, t, "clone")
+    p.define(clone)
+    p.resume_from_state(clone, tstate)
+    set_vm_state(home, "task", "clone", memory={"x": 1})
+    # Redefined as an ordinary VM, it still runs with the template's RAM mapped.
+    p.define(dataclasses.replace(clone, memory_file=None, incoming=False))
+    state = tmp_path / "clone.state"
+    p.save_running_state(clone, state, shared_memory=False, keep_running=True)
+    assert json.loads(state.read_text())["memory_backend"] == "file"
+    bad = fork_of(specs, "no-ram-file", mac=t.mac, machine=t.machine)
+    p.define(bad)
+    with pytest.raises(ProviderError, match="Unknown ramblock"):
+        p.resume_from_state(bad, state, shared_memory=False)
+    shared = fork_of(specs, "shared", mac=t.mac, machine=t.machine)
+    shared = dataclasses.replace(shared, memory_file=t.memory_file, memory_shared=True)
+    p.define(shared)
+    with pytest.raises(ProviderError, match="maps its RAM file shared"):
+        p.resume_from_state(shared, state, shared_memory=False)
+    good = dataclasses.replace(shared, name="good", memory_shared=False)
+    p.define(good)
+    p.resume_from_state(good, state, shared_memory=False)
+    gs = vm_state(home, "task", "good")
+    assert gs is not None and gs["memory"] == {"x": 1}  # from the state, not the template's RAM
+    assert gs["inherited"]["hostname"] == "p.1"
+    # After a cold boot the clone runs on its default RAM: the template's file is wrong now.
+    p.stop(clone)
+    p.start(clone)
+    p.save_running_state(clone, state, shared_memory=False, keep_running=True)
+    assert json.loads(state.read_text())["memory_backend"] == "ram"
+    again = dataclasses.replace(good, name="again")
+    p.define(again)
+    with pytest.raises(ProviderError, match="Unknown ramblock"):
+        p.resume_from_state(again, state, shared_memory=False)
+    # A template's clone still gets the template's memory from its RAM file.
+    c2 = clone_of(specs, t, "c2")
+    p.define(c2)
+    p.resume_from_state(c2, tstate)
+    assert vm_state(home, "task", "c2")["memory"] == {}  # type: ignore[index]
+
+
+def test_while_paused_failing_and_a_plain_save(
+    home: Path, specs: SpecFactory, tmp_path: Path
+) -> None:
+    p = FakeProvider()
+    src = running_source(p, specs, home)
+
+    def boom() -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        p.save_running_state(
+            src, tmp_path / "s", shared_memory=False, keep_running=True, while_paused=boom
+        )
+    st = vm_state(home, "task", "src")
+    assert st is not None and st["state"] == "running"  # running again whatever happened
+    assert (st["pauses"], st["unpauses"], st.get("saves", 0)) == (1, 1, 0)
+    # Without keep_running it is powered off after the save (or its failure).
+    with pytest.raises(OSError, match="disk full"):
+        p.save_running_state(src, tmp_path / "s", shared_memory=False, while_paused=boom)
+    assert p.status(src).state is InstanceState.STOPPED
+    p.start(src)
+    assert p.save_running_state(src, tmp_path / "s", shared_memory=False) >= 0
+    st = vm_state(home, "task", "src")
+    assert st is not None and (st["state"], st["saves"], st["boots"]) == ("stopped", 1, 2)
+
+
+def test_a_source_left_paused_and_start_resuming_it(
+    home: Path, specs: SpecFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = FakeProvider()
+    src = running_source(p, specs, home)
+    monkeypatch.setenv(FAIL_ENV, "save-stuck:src")
+    ran: list[int] = []
+    with pytest.raises(ProviderError, match="save-stuck"):
+        p.save_running_state(
+            src,
+            tmp_path / "s",
+            shared_memory=False,
+            keep_running=True,
+            while_paused=lambda: ran.append(1),
+        )
+    assert ran == []
+    assert p.status(src).state is InstanceState.PAUSED
+    assert p.list_ours()[("task", "src")].state is InstanceState.PAUSED
+    with pytest.raises(SSHError, match="not running"):
+        p.guest_session(src).run("true", 5)
+    monkeypatch.delenv(FAIL_ENV)
+    p.start(src)  # resumes it: no boot, its RAM kept
+    st = vm_state(home, "task", "src")
+    assert st is not None and st["state"] == "running"
+    assert (st["boots"], st["unpauses"], st["memory"]) == (1, 1, {"tmpfs": "work in progress"})
+    # A paused VM can be stopped too.
+    set_vm_state(home, "task", "src", state="paused")
+    p.stop(src)
+    assert p.status(src).state is InstanceState.STOPPED
+
+
+def test_save_crash_kills_the_process_with_the_vm_paused(
+    home: Path, specs: SpecFactory, tmp_path: Path
+) -> None:
+    p = FakeProvider()
+    src = running_source(p, specs, home)
+    code = f"""
+        from pathlib import Path
+        from agent_swarm.models import VMSpec
+        from fakes.provider import FakeProvider
+        spec = VMSpec("task", "src", 1, 256, Path({str(src.disk)!r}), Path({str(src.seed)!r}),
+                      Path("serial.log"), {src.ssh_port})
+        FakeProvider().save_running_state(
+            spec, Path({str(tmp_path / "s")!r}), shared_memory=False, keep_running=True,
+            while_paused=lambda: print("copied", flush=True),
+        )
+        print("survived")
+    """
+    r = run_python(code, {**fake_env(home), FAIL_ENV: "save-crash:src"})
+    assert r.returncode == -9, (r.returncode, r.stderr)
+    assert r.stdout == "copied\n"
+    assert p.status(src).state is InstanceState.PAUSED
+
+
+def test_a_guest_that_writes_its_disk_when_it_runs_again(
+    home: Path, specs: SpecFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fakes.provider import GUEST_WRITE_OFFSET, GUEST_WRITE_PATTERN
+
+    monkeypatch.setenv(CAPS_ENV, "disk_format=raw")
+    p = FakeProvider()
+    src = specs("task", "src", "raw")
+    p.define(src)
+    p.start(src)
+    set_vm_state(home, "task", "src", writes_disk=True)
+    before = src.disk.read_bytes()
+    copy = tmp_path / "copy.raw"
+
+    def copy_disk() -> None:
+        copy.write_bytes(src.disk.read_bytes())
+
+    p.save_running_state(
+        src, tmp_path / "s", shared_memory=False, keep_running=True, while_paused=copy_disk
+    )
+    assert copy.read_bytes() == before  # unchanged while paused
+    after = src.disk.read_bytes()
+    chunk = after[GUEST_WRITE_OFFSET : GUEST_WRITE_OFFSET + 65536]
+    assert chunk == bytes([GUEST_WRITE_PATTERN]) * 65536
+    assert vm_state(home, "task", "src")["disk_writes"] == 1  # type: ignore[index]
+
+
 # ---- across processes ----
 def test_fake_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", "/somewhere")

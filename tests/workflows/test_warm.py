@@ -95,9 +95,14 @@ def assert_resumed(s: Swarm, task: str) -> dict[str, Any]:
     assert rs["incoming"] is True and rs["memory_shared"] is False
     assert rs["memory_file"] == str(w / "ram")
     assert (rs["mac"], rs["machine"]) == (m["mac"], DEFAULT_MACHINE)
-    # Then redefined as an ordinary VM (its next start is a boot), keeping MAC and machine.
+    # Then redefined as an ordinary VM (its next start is a boot), keeping MAC, machine and
+    # the template's RAM file mapped privately (one RAM layout on every boot: forks need it).
     spec = st["spec"]
-    assert (spec["incoming"], spec["memory_file"], spec["memory_shared"]) == (False, None, False)
+    assert (spec["incoming"], spec["memory_file"], spec["memory_shared"]) == (
+        False,
+        str(w / "ram"),
+        False,
+    )
     assert (spec["mac"], spec["machine"]) == (m["mac"], DEFAULT_MACHINE)
     assert backing(Path(spec["disk"])) == str(w / "disk.qcow2")
     # The identity: inherited from the template, then replaced by the clone's own.

@@ -39,12 +39,17 @@ class ForkOp(Operation):
         core = self.core
 
         def settle() -> None:
-            with contextlib.suppress(AgentSwarmError):
+            from agent_swarm.errors import InstanceNotFound
+
+            try:
                 src = self.reg.get_task(e.detail)
+            except InstanceNotFound:
+                src = None  # deleted meanwhile: nothing to resume
+            if src is not None:
                 prov = core.provider_of(src)
                 spec = core.vms.spec("task", src)
                 if prov.status(spec).state is InstanceState.PAUSED:
-                    prov.start(spec)  # a paused libvirt domain: start resumes it
+                    prov.start(spec)  # resumes a paused VM (a failure keeps the entry)
             core.vms.remove(e.kind, e.name, None, None, provider_name=e.provider or None)
             self.reg.journal_end(e.id)
 
@@ -93,15 +98,6 @@ class Fork:
                 f"disk once, and only {free >> 20} MiB are free",
                 hint="free some space (df -h)",
             )
-        tmpl = None
-        if src.warm_from:
-            import json
-
-            from agent_swarm.ops.warm import WarmTemplate
-
-            meta = json.loads((Path(src.warm_from) / "warm.json").read_text())
-            tmpl = WarmTemplate(src.project, src.generation, Path(src.warm_from), meta)
-
         if not force:
             from agent_swarm import capacity
 
@@ -166,16 +162,9 @@ class Fork:
                 for n, (_e, _t, spec) in forks.items():
                     t0 = time.monotonic()
                     write_seed(spec, hosts[n], project=src.project, first_boot_setup=False)
-                    fspec = dataclasses.replace(
-                        spec,
-                        memory_file=tmpl.ram if tmpl else None,
-                        memory_shared=False,
-                        incoming=True,
-                        mac=(tmpl.meta.get("mac") or None) if tmpl else None,
-                        machine=(tmpl.meta.get("fingerprint", {}).get("machine") or None)
-                        if tmpl
-                        else None,
-                    )
+                    # (a task resumed from a warm template, and so its forks, always maps
+                    # the template's RAM file privately: the same RAM layout on every boot)
+                    fspec = dataclasses.replace(spec, incoming=True)
                     prov.define(fspec)
                     prov.resume_from_state(fspec, state, shared_memory=False)
                     agent = prov.guest_agent(fspec)
@@ -186,7 +175,7 @@ class Fork:
                         if time.monotonic() > deadline:
                             raise InvalidState(f"task {n}: the forked guest's agent is silent")
                     core.warm.push_identity(agent, fspec, hosts[n], f"task {n}")
-                    prov.define(dataclasses.replace(fspec, memory_file=None, incoming=False))
+                    prov.define(spec)  # its next boot: an ordinary one
                     done.append(n)
                     core.progress(
                         f"task {n}: forked from {source} in {time.monotonic() - t0:.2f} s"

@@ -15,6 +15,8 @@ from agent_swarm.ops.vms import check_space
 
 if TYPE_CHECKING:
     from agent_swarm.core import Core
+    from agent_swarm.models import VMSpec
+    from agent_swarm.providers.base import Provider
 
 
 class Tasks:
@@ -105,8 +107,10 @@ class Tasks:
                 )
                 try:
                     times = core.warm.resume(prov, spec, tmpl, host, f"task {name}")
-                    # Its next boot is an ordinary one (own RAM, no saved state to wait for).
-                    prov.define(dataclasses.replace(spec, memory_file=None, incoming=False))
+                    # Its next boot is an ordinary one (no saved state to wait for; its RAM
+                    # still the template's file mapped privately: one RAM layout, and pages
+                    # it never writes stay shared).
+                    prov.define(dataclasses.replace(spec, incoming=False))
                 except BaseException:
                     core.vms.rollback("task", name)
                     raise
@@ -125,25 +129,31 @@ class Tasks:
                     )
                     core.vms.boot(prov, spec)
         if start and wait:
-            if tmpl is not None:
-                # cloud-init finished in the template; ready = SSH answers with this task's
-                # own pinned key (the template's key is refused by the pinning).
-                t1 = time.monotonic()
-                s = core.guest.session(prov, spec, t.host_key, f"task {name}", BOOT_TIMEOUT)
-                try:
-                    s.run("true", timeout=60)
-                finally:
-                    s.close()
-                core.progress(f"task {name}: SSH answered in {time.monotonic() - t1:.2f} s")
-            else:
-                core.guest.wait_ready(prov, spec, t.host_key, f"task {name}")
+            self._ready(prov, spec, t, resumed=tmpl is not None)
         return t
 
-    def wait_ready(self, name: str) -> None:
-        """Until the task's guest answers and cloud-init is done."""
+    def _ready(self, prov: Provider, spec: VMSpec, t: Task, *, resumed: bool) -> None:
+        core = self.core
+        if resumed:
+            # cloud-init finished in the template (running `cloud-init status` costs seconds
+            # under emulation); ready = SSH answers with this task's own pinned key (the
+            # template's key is refused by the pinning).
+            t1 = time.monotonic()
+            s = core.guest.session(prov, spec, t.host_key, f"task {t.name}", BOOT_TIMEOUT)
+            try:
+                s.run("true", timeout=60)
+            finally:
+                s.close()
+            core.progress(f"task {t.name}: SSH answered in {time.monotonic() - t1:.2f} s")
+        else:
+            core.guest.wait_ready(prov, spec, t.host_key, f"task {t.name}")
+
+    def wait_ready(self, name: str, *, resumed: bool = False) -> None:
+        """Until the task's guest answers and (unless it was just ``resumed`` from a warm
+        template or forked) cloud-init is done."""
         t = self.reg.get_task(name)
         prov = self.core.provider_of(t)
-        self.core.guest.wait_ready(prov, self.core.vms.spec("task", t), t.host_key, f"task {name}")
+        self._ready(prov, self.core.vms.spec("task", t), t, resumed=resumed)
 
     def start(self, name: str, *, wait: bool = True, force: bool = False) -> None:
         core = self.core

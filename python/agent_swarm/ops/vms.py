@@ -162,7 +162,7 @@ class VMs:
                 found = self.layout.disks_in(kind, vm.name)
                 fmt = FORMAT_OF_SUFFIX[found[0].suffix] if found else "qcow2"
         L = self.layout
-        return VMSpec(
+        spec = VMSpec(
             kind=kind,
             name=vm.name,
             cpus=vm.cpus,
@@ -174,6 +174,10 @@ class VMs:
             network=vm.network,
             host_access=vm.host_access,
         )
+        warm_from = getattr(vm, "warm_from", "")
+        if warm_from and (meta := self.core.warm.meta_of(warm_from)) is not None:
+            spec = self.core.warm.resumed_spec(spec, Path(warm_from), meta)
+        return spec
 
     def stub_spec(self, kind: str, name: str) -> VMSpec:
         """Enough of a VM's spec to find and remove what is left of it."""

@@ -258,6 +258,7 @@ class Warm:
         self.core = core
         self.reg = core.reg
         self.op = WarmOp(core, self)
+        self._meta: dict[str, dict[str, Any]] = {}
 
     # ---- where ----
     def dir_for(self, project: str, generation: int) -> Path:
@@ -537,14 +538,29 @@ class Warm:
         return t, None
 
     def clone_spec(self, spec: VMSpec, t: WarmTemplate) -> VMSpec:
+        """A clone's definition: :meth:`resumed_spec` waiting for the saved state."""
+        return dataclasses.replace(self.resumed_spec(spec, t.dir, t.meta), incoming=True)
+
+    @staticmethod
+    def resumed_spec(spec: VMSpec, d: Path, meta: dict[str, Any]) -> VMSpec:
+        """Every definition of a task resumed from the template in ``d`` (or forked from
+        one): the template's RAM file mapped privately, its MAC and exact machine type."""
         return dataclasses.replace(
             spec,
-            memory_file=t.ram,
+            memory_file=d / "ram",
             memory_shared=False,
-            incoming=True,
-            mac=t.meta.get("mac") or None,
-            machine=t.meta.get("fingerprint", {}).get("machine") or None,
+            mac=meta.get("mac") or None,
+            machine=meta.get("fingerprint", {}).get("machine") or None,
         )
+
+    def meta_of(self, d: str) -> dict[str, Any] | None:
+        """The ``warm.json`` of a template directory (cached per Core), None if unreadable."""
+        if d not in self._meta:
+            try:
+                self._meta[d] = json.loads((Path(d) / META).read_text())
+            except (OSError, ValueError):
+                return None
+        return self._meta[d]
 
     def resume(
         self, prov: Provider, spec: VMSpec, t: WarmTemplate, host: keys.KeyPair, what: str

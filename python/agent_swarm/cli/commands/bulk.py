@@ -13,7 +13,7 @@ from agent_swarm.errors import AgentSwarmError
 
 @click.group(cls=LazyGroup)
 def bulk() -> None:
-    """Create or delete many task VMs in parallel (bounded concurrency)."""
+    """Create, fork or delete many task VMs at once (bounded concurrency)."""
 
 
 def _finish(results: list[Any], verb: str) -> None:
@@ -120,7 +120,7 @@ def create(
             )
             writer.item_done(w)  # reachable by its alias while it boots
             if start and not no_wait:
-                w.tasks.wait_ready(name)
+                w.tasks.wait_ready(name, resumed=bool(t.warm_from))
             if not start:
                 return f"created (generation {t.generation}, not started)"
             state = "starting" if no_wait else "ready"
@@ -182,3 +182,17 @@ def delete(tasks: tuple[str, ...], project: str | None, parallel: int | None) ->
     if warning:
         app.info(warning)
     _finish(results, "deleted")
+
+
+@bulk.command("fork")
+@click.argument("task", type=TASK)
+@click.argument("new", nargs=-1, required=True, type=TASK)
+@click.option("--no-wait", is_flag=True, help="Return before SSH answers in the new tasks.")
+@click.option("--force", is_flag=True, help="Fork even if the host would be oversubscribed.")
+@click.pass_context
+def fork(ctx: click.Context, task: str, new: tuple[str, ...], no_wait: bool, force: bool) -> None:
+    """Branch running task TASK into the NEW tasks from one saved state (the same as
+    `agent-swarm fork TASK NEW...`)."""
+    from agent_swarm.cli.commands.tasks import fork as fork_cmd
+
+    ctx.invoke(fork_cmd, task=task, new=new, no_wait=no_wait, force=force)

@@ -83,6 +83,21 @@ def bounded(what: str, fn: Callable[..., T], *args: Any, timeout: float = LIBVIR
     return box["value"]  # type: ignore[no-any-return]
 
 
+def _start_retrying(what: str, dom: libvirt.virDomain, flags: int) -> None:
+    """Start a domain; retried on EAGAIN. Seen with several starts at the same instant:
+    "failed to load cgroup BPF prog: Resource temporarily unavailable" (libvirt's device
+    cgroup program; the kernel refuses transiently)."""
+    for attempt in range(4):
+        try:
+            bounded(what, dom.createWithFlags, flags)
+            return
+        except ProviderError as exc:
+            if attempt == 3 or "temporarily unavailable" not in exc.message:
+                raise
+            log.info("%s: %s; retrying", what, exc.message)
+            time.sleep(0.5 * (attempt + 1))
+
+
 def _quiet_libvirt() -> None:
     # libvirt prints every error to stderr by default; we report them ourselves.
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -207,7 +222,7 @@ class LibvirtProvider(Provider):
         if not bounded("reading the VM state", dom.isActive):
             if net.isolated(spec):
                 net.require_passt()  # before QEMU starts: no VM without its network
-            bounded(f"starting {spec.kind} {spec.name!r}", dom.create)
+            _start_retrying(f"starting {spec.kind} {spec.name!r}", dom, 0)
             self._attach_network(spec, dom, just_started=True)
         else:
             if net.isolated(spec) and net.running_pid(spec) is None:
@@ -421,21 +436,22 @@ class LibvirtProvider(Provider):
         try:
             warm.save(dom, state, ignore_shared=shared_memory, after=while_paused)
         finally:
-            # Running again whatever happened (a source task must not stay paused).
-            with suppress(libvirt.libvirtError):
+            # Running again whatever happened (a source task must not stay paused silently).
+            try:
                 if dom.isActive() and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
                     dom.resume()
+            except libvirt.libvirtError as exc:
+                raise ProviderError(
+                    f"{spec.kind} {spec.name!r} is left paused: {exc.get_error_message()}",
+                    hint=f"`agent-swarm start {spec.name}` resumes it",
+                ) from exc
         return time.monotonic() - t0
 
     def resume_from_state(self, spec: VMSpec, state: Path, *, shared_memory: bool = True) -> None:
         dom = self._dom(spec)
         if net.isolated(spec):
             net.require_passt()
-        bounded(
-            f"starting {spec.kind} {spec.name!r}",
-            dom.createWithFlags,
-            libvirt.VIR_DOMAIN_START_PAUSED,
-        )
+        _start_retrying(f"starting {spec.kind} {spec.name!r}", dom, libvirt.VIR_DOMAIN_START_PAUSED)
         try:
             warm.load(dom, state, ignore_shared=shared_memory)
             if net.isolated(spec):
