@@ -65,6 +65,9 @@ def test_warm_clones_and_fork(swarm: Swarm, monkeypatch: pytest.MonkeyPatch) -> 
     assert before["state"] == meta["state_sha256"] and before["ram"] == meta["ram_sha256"]
     assert files["state"].stat().st_size < 8 << 20  # device state only: RAM stays in the file
 
+    # (clones resume with the clock of the save unless they are given the host's: let it lag)
+    time.sleep(6)
+
     # -- two warm clones at once, each with its own identity
     t0 = time.monotonic()
     created = in_parallel(
@@ -96,6 +99,10 @@ def test_warm_clones_and_fork(swarm: Swarm, monkeypatch: pytest.MonkeyPatch) -> 
     assert ids["wa"][2] != ids["wb"][2]  # host key
     template_pub = meta["host_key"].split()[1]
     assert template_pub not in (ids["wa"][2], ids["wb"][2])
+
+    # the journal of a clone is readable (journald still writes under the template's
+    # machine-id until a reboot; the new ID links to it)
+    assert swarm.run("wa", "sudo journalctl -q --no-pager -n 1 | wc -l").strip() == "1"
 
     # the clock right after a resume (no ssh round trip): within 2 s of the host
     clock = float(swarm.run("wa", "date +%s.%N").strip())

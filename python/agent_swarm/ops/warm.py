@@ -65,6 +65,7 @@ ioctl($r, 0x40085203, pack("ii", length($seed) * 8, length($seed)) . $seed)
     or die "RNDADDENTROPY: $!\n";
 ioctl($r, 0x5207, 0) or die "RNDRESEEDCRNG: $!\n";
 close($r);
+sub slurp { open(my $f, "<", $_[0]) or return ""; my $t = do { local $/; <$f> } // ""; chomp($t); $t }
 sub put {
     my ($path, $text, $mode) = @_;
     my $tmp = "$path.agent-swarm-tmp";
@@ -77,7 +78,12 @@ sub put {
 unlink(glob("/etc/ssh/ssh_host_*"));
 put("/etc/ssh/ssh_host_ed25519_key", $key, 0600);
 put("/etc/ssh/ssh_host_ed25519_key.pub", "$pub\n", 0644);
+my $old = slurp("/etc/machine-id");
 put("/etc/machine-id", "$mid\n", 0444);
+# journald keeps writing under the old ID until the next boot: let journalctl find it
+for my $j ("/var/log/journal", "/run/log/journal") {
+    symlink($old, "$j/$mid") if $old =~ /^[0-9a-f]{32}$/ && -d "$j/$old" && !-e "$j/$mid";
+}
 put("/etc/hostname", "$h\n", 0644);
 system("hostname", $h) == 0 or die "hostname: $?\n";
 my @hosts;
@@ -91,7 +97,6 @@ if (open(my $p, "<", "/run/sshd.pid")) { $pid = <$p> // 0; chomp($pid); close($p
 unless ($pid =~ /^\d+$/ && $pid > 1 && kill("HUP", $pid)) {
     system("systemctl", "reload-or-restart", "ssh") == 0 or die "reloading sshd: $?\n";
 }
-sub slurp { my $f; open($f, "<", $_[0]) or return ""; local $/; my $t = <$f> // ""; chomp($t); $t }
 my (undef, $b64) = split(/ /, slurp("/etc/ssh/ssh_host_ed25519_key.pub"));
 my @keys = sort map { (split m{/})[-1] } glob("/etc/ssh/ssh_host_*");
 print join("\n", "hostname=" . slurp("/proc/sys/kernel/hostname"), "pub=$b64",
