@@ -65,7 +65,12 @@ ioctl($r, 0x40085203, pack("ii", length($seed) * 8, length($seed)) . $seed)
     or die "RNDADDENTROPY: $!\n";
 ioctl($r, 0x5207, 0) or die "RNDRESEEDCRNG: $!\n";
 close($r);
-sub slurp { open(my $f, "<", $_[0]) or return ""; my $t = do { local $/; <$f> } // ""; chomp($t); $t }
+sub slurp {
+    open(my $f, "<", $_[0]) or return "";
+    my $t = do { local $/; <$f> } // "";
+    chomp($t);
+    $t;
+}
 sub put {
     my ($path, $text, $mode) = @_;
     my $tmp = "$path.agent-swarm-tmp";
