@@ -441,3 +441,29 @@ def test_an_unfinished_template_without_its_journal_entry(crash_swarm: Swarm) ->
     assert_no_warm_leftovers(s)
     assert s.vm_state("task", "bystander") == by
     assert_consistent(s)
+
+
+def test_seal_warm_from_the_config_and_its_overrides(make_swarm, base_image: Path) -> None:  # type: ignore[no-untyped-def]
+    s: Swarm = make_swarm("warm-config")
+    s.home.mkdir(mode=0o700, exist_ok=True)
+    cfg = "[capacity]\ncpu_ratio = 64.0\nmemory_ratio = 64.0\n[seal]\nwarm = true\n"
+    (s.home / "config.toml").write_text(cfg)
+    s("init-base", "--image", str(base_image), "--name", "tiny")
+    s("project", "create", P, "--disk", "1G", "--memory", "512M", "--cpus", "1")
+    # [seal] warm = true: a plain `project stop` saves a warm template too
+    r = s("project", "stop", P)
+    assert "tasks resume from its warm template" in r.stdout
+    assert memory_image(s) == str(warm_dir(s))
+    # --warm with --no-seal: a one-line error, nothing sealed
+    r = s("project", "stop", P, "--warm", "--no-seal", check=False)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "--no-seal" in r.stderr.splitlines()[0]
+    # --no-warm overrides the config for one seal (the project ran again meanwhile)
+    s("project", "start", P)
+    r = s("project", "stop", P, "--no-warm")
+    assert "generation 2" in r.stdout and "warm template" not in r.stdout
+    assert memory_image(s, 2) is None
+    # an unknown key in [seal] is refused, naming it
+    (s.home / "config.toml").write_text(cfg + "warmth = 1\n")
+    r = s("project", "stop", P, check=False)
+    assert r.returncode != 0 and "seal.warmth" in r.stderr.splitlines()[0]
