@@ -184,3 +184,29 @@ def test_warm_clones_and_fork(swarm: Swarm, monkeypatch: pytest.MonkeyPatch) -> 
     swarm("project", "delete", "wp")
     assert domains_of(home) == []
     print(f"two warm clones ready in {both:.1f} s; fork paused the source {paused:.2f} s")
+
+
+def test_kill_while_saving_a_warm_template_then_doctor(swarm: Swarm) -> None:
+    """Killed right after the template VM started (real domain and passt): doctor names the
+    interrupted `warm`, and --fix removes the domain, its network process and the files."""
+    home = swarm.home
+    swarm("init-base", "--build", "debian-12", timeout=1200)
+    # Never booted, so sealing is instant (no identity reset needed).
+    swarm("project", "create", "wk", "--no-start", "--memory", "512M", "--cpus", "1")
+    swarm("project", "stop", "wk")
+    r = swarm(
+        "project", "warm", "wk", check=False, env={"AGENT_SWARM_TEST_CRASH_AT": "warm:booted"}
+    )
+    assert r.returncode == -9, r.stderr
+    left = [d for d in domains_of(home) if "-warm-" in d]
+    assert left, "the template VM should be running when the command was killed"
+    assert (home / "projects/wk/gen-1.warm.tmp").is_dir()
+    report = swarm("doctor", check=False)
+    assert "warm interrupted" in report.stdout and "remove the template VM" in report.stdout
+    swarm("doctor", "--fix")
+    assert [d for d in domains_of(home) if "-warm-" in d] == []
+    assert not list((home / "projects/wk").glob("gen-1.warm*"))
+    assert "All consistent" in swarm("doctor").stdout
+    passts = subprocess.run(["pgrep", "-f", f"passt.*{home}"], capture_output=True, text=True)
+    assert passts.stdout.strip() == ""
+    swarm("project", "delete", "wk")
