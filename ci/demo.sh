@@ -21,10 +21,15 @@ agent-swarm init-base --build debian-12
 log "project VM: boots, runs ~/.agent-swarm/setup.sh"
 agent-swarm project create demo --memory 1G
 agent-swarm project run demo -- 'echo "hello from the template" > ~/hello.txt'
-log "seal the project as a template"
-agent-swarm project stop demo
-log "two task VMs, cloned copy-on-write, created in parallel"
+log "seal the project as a template, saved running (a warm template: one more boot, once)"
+agent-swarm project stop demo --warm
+log "two task VMs, cloned copy-on-write and resumed from the template's memory, in parallel"
 agent-swarm bulk create demo task-1 task-2
+log "fork a running task: memory and disk, a new identity"
+agent-swarm run task-1 -- 'echo "made in task-1 before the fork" > /dev/shm/note'
+agent-swarm fork task-1 task-1b
+agent-swarm run task-1b -- 'echo "$(hostname): $(cat /dev/shm/note)"'
+agent-swarm delete task-1b
 agent-swarm list
 agent-swarm status
 for t in task-1 task-2; do
