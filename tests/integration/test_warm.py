@@ -50,9 +50,16 @@ def in_parallel(*calls: tuple) -> list[object]:  # type: ignore[type-arg]
     return out
 
 
+def ensure_base(swarm: Swarm) -> None:
+    """The module's tests share one state directory: build (or take from the cache) once."""
+    bases = swarm.json("init-base", "--list")
+    if not any(b["name"] == "debian-12" for b in bases):  # type: ignore[union-attr,index]
+        swarm("init-base", "--build", "debian-12", timeout=1200)
+
+
 def test_warm_clones_and_fork(swarm: Swarm, monkeypatch: pytest.MonkeyPatch) -> None:
     home = swarm.home
-    swarm("init-base", "--build", "debian-12", timeout=1200)
+    ensure_base(swarm)
     swarm("project", "create", "wp", "--memory", "1G", "--cpus", "2")
     out = swarm("project", "stop", "wp", "--warm").stdout
     assert "tasks resume from its warm template" in out
@@ -190,7 +197,7 @@ def test_kill_while_saving_a_warm_template_then_doctor(swarm: Swarm) -> None:
     """Killed right after the template VM started (real domain and passt): doctor names the
     interrupted `warm`, and --fix removes the domain, its network process and the files."""
     home = swarm.home
-    swarm("init-base", "--build", "debian-12", timeout=1200)
+    ensure_base(swarm)
     # Never booted, so sealing is instant (no identity reset needed).
     swarm("project", "create", "wk", "--no-start", "--memory", "512M", "--cpus", "1")
     swarm("project", "stop", "wk")
