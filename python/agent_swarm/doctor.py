@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -163,16 +164,6 @@ class Doctor(Checks):
         kind, name = key
         label = st.label or f"{prov.name} VM {kind}-{name}"
         owner = prov.owner_of(kind, name)
-        if kind == "warm":  # no row of its own: settled under its project's journal slot
-            project = name.rpartition(".")[0]
-            return Finding(
-                "orphan-domain",
-                label,
-                f"the VM of an unfinished warm template of project {project} ({st.state})",
-                "power it off and remove it",
-                partial(prov.delete, self.core.vms.stub_spec(kind, name)),
-                vm=("project", project),
-            )
         if owner is not None and owner != str(self.layout.home):
             return Finding(
                 "foreign-domain",
@@ -181,14 +172,21 @@ class Doctor(Checks):
                 f"{owner}; left alone",
                 None,
             )
+        detail = f"a {prov.name} VM ({st.state}) of this state directory with no registry row"
+        vm: tuple[str, str] = key
+        recheck: Callable[[], bool] | None = partial(self._unregistered, kind, name)
+        if kind == "warm":  # no row of its own: settled under its project's journal slot
+            project = name.rpartition(".")[0]
+            detail = f"the VM of an unfinished warm template of project {project} ({st.state})"
+            vm, recheck = ("project", project), None
         return Finding(
             "orphan-domain",
             label,
-            f"a {prov.name} VM ({st.state}) of this state directory with no registry row",
+            detail,
             "power it off and remove it",
             partial(prov.delete, self.core.vms.stub_spec(kind, name)),
-            vm=key,
-            recheck=partial(self._unregistered, kind, name),
+            vm=vm,
+            recheck=recheck,
         )
 
     def _interrupted(self, e: JournalEntry) -> Finding:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent_swarm.errors import AgentSwarmError, InvalidState, UnsupportedByProvider
+from agent_swarm.errors import InvalidState, UnsupportedByProvider
 from agent_swarm.journal import Operation, Recovery
 from agent_swarm.models import InstanceState, JournalEntry, Task, VMSpec
 from agent_swarm.names import validate_name
@@ -70,7 +70,7 @@ class Fork:
         self, source: str, names: list[str], *, wait: bool = True, force: bool = False
     ) -> list[Task]:
         from agent_swarm import native
-        from agent_swarm.guest import BOOT_TIMEOUT, new_host_key, write_seed
+        from agent_swarm.guest import new_host_key, write_seed
         from agent_swarm.ops.vms import check_space
 
         core = self.core
@@ -90,14 +90,10 @@ class Fork:
                 f"task {source!r} is {st.state.value}: fork branches a running task",
                 hint=f"start it: `agent-swarm start {source}`",
             )
-        check_space(f"cannot fork task {source}")
-        free = shutil.disk_usage(core.layout.root("task").parent).free
-        if free < (src.memory_mib << 20) + (256 << 20):
-            raise AgentSwarmError(
-                f"cannot fork task {source}: its memory ({src.memory_mib} MiB) is saved to "
-                f"disk once, and only {free >> 20} MiB are free",
-                hint="free some space (df -h)",
-            )
+        check_space(
+            f"cannot fork task {source} (its {src.memory_mib} MiB of memory is saved to disk once)",
+            need=src.memory_mib << 20,
+        )
         if not force:
             from agent_swarm import capacity
 
@@ -107,7 +103,6 @@ class Fork:
             core.capacity.check(total, what=f"forking {len(names)} task VMs", provider=src.provider)
         hosts: dict[str, keys.KeyPair] = {}
         forks: dict[str, tuple[int, Task, VMSpec]] = {}
-        done: list[str] = []
         state: Path | None = None
         try:
             with contextlib.ExitStack() as stack:
@@ -166,17 +161,8 @@ class Fork:
                     # the template's RAM file privately: the same RAM layout on every boot)
                     fspec = dataclasses.replace(spec, incoming=True)
                     prov.define(fspec)
-                    prov.resume_from_state(fspec, state, shared_memory=False)
-                    agent = prov.guest_agent(fspec)
-                    if agent is None:
-                        raise UnsupportedByProvider("fork (no guest agent)", provider=prov.name)
-                    deadline = time.monotonic() + 60
-                    while not agent.ping(5):
-                        if time.monotonic() > deadline:
-                            raise InvalidState(f"task {n}: the forked guest's agent is silent")
-                    core.warm.push_identity(agent, fspec, hosts[n], f"task {n}")
+                    core.warm.resume(prov, fspec, state, hosts[n], f"task {n}", shared_memory=False)
                     prov.define(spec)  # its next boot: an ordinary one
-                    done.append(n)
                     core.progress(
                         f"task {n}: forked from {source} in {time.monotonic() - t0:.2f} s"
                     )
@@ -191,10 +177,5 @@ class Fork:
                 state.unlink(missing_ok=True)
         if wait:
             for n in names:
-                _e, t, spec = forks[n]
-                s = core.guest.session(prov, spec, t.host_key, f"task {n}", BOOT_TIMEOUT)
-                try:
-                    s.run("true", timeout=60)
-                finally:
-                    s.close()
+                core.tasks.wait_ready(n, resumed=True)
         return [forks[n][1] for n in names]

@@ -106,7 +106,7 @@ class Tasks:
                     f"{t.generation}"
                 )
                 try:
-                    times = core.warm.resume(prov, spec, tmpl, host, f"task {name}")
+                    times = core.warm.resume(prov, spec, tmpl.state, host, f"task {name}")
                     # Its next boot is an ordinary one (no saved state to wait for; its RAM
                     # still the template's file mapped privately: one RAM layout, and pages
                     # it never writes stay shared).

@@ -62,12 +62,13 @@ def disk_error(exc: OSError, what: str) -> AgentSwarmError:
     return AgentSwarmError(f"{what}: {exc.strerror or exc} ({where})")
 
 
-def check_space(what: str) -> None:
+def check_space(what: str, need: int = 0) -> None:
     """Refuse before creating anything when the state directory's filesystem is (nearly) full:
-    a half-created VM could not even be rolled back there (SQLite needs space to delete)."""
+    a half-created VM could not even be rolled back there (SQLite needs space to delete).
+    ``need``: bytes the operation writes besides (a fork's saved memory)."""
     home = paths.ensure_home()
     free = shutil.disk_usage(home).free
-    if free < MIN_FREE_BYTES:
+    if free < MIN_FREE_BYTES + need:
         raise AgentSwarmError(
             f"{what}: only {free >> 20} MiB free on the filesystem of {home}",
             hint=f"free some space (df -h {home}), or set AGENT_SWARM_HOME elsewhere",

@@ -291,14 +291,9 @@ class Warm:
 
     def template(self, g: Generation) -> WarmTemplate | None:
         """The generation's recorded warm template, if its files are there."""
-        if not g.memory_image:
+        if not g.memory_image or (meta := self.meta_of(g.memory_image)) is None:
             return None
-        d = Path(g.memory_image)
-        try:
-            meta = json.loads((d / META).read_text())
-        except (OSError, ValueError):
-            return None
-        return WarmTemplate(g.project, g.generation, d, meta)
+        return WarmTemplate(g.project, g.generation, Path(g.memory_image), meta)
 
     # ---- making one ----
     def make(self, project: str, *, force: bool = False) -> WarmTemplate:
@@ -443,6 +438,7 @@ class Warm:
         if not g.memory_image and not d.exists():
             return False
         self.reg.set_warm(project, generation, None, "")
+        self._meta.pop(g.memory_image or "", None)
         for root in {d, Path(g.memory_image or d)}:
             shutil.rmtree(root, ignore_errors=True)
         return True
@@ -573,12 +569,20 @@ class Warm:
         return self._meta[d]
 
     def resume(
-        self, prov: Provider, spec: VMSpec, t: WarmTemplate, host: keys.KeyPair, what: str
+        self,
+        prov: Provider,
+        spec: VMSpec,
+        state: Path,
+        host: keys.KeyPair,
+        what: str,
+        *,
+        shared_memory: bool = True,
     ) -> dict[str, float]:
-        """Resume the defined clone and give it its identity; timings (seconds)."""
+        """Resume the defined clone (a warm template's, or a fork) from ``state`` and give it
+        its identity; timings (seconds). On failure it is powered off."""
         times: dict[str, float] = {}
         t0 = time.monotonic()
-        prov.resume_from_state(spec, t.state)
+        prov.resume_from_state(spec, state, shared_memory=shared_memory)
         times["resumed"] = time.monotonic() - t0
         try:
             agent = prov.guest_agent(spec)

@@ -424,27 +424,24 @@ class LibvirtProvider(Provider):
         while_paused: Callable[[], None] | None = None,
     ) -> float:
         dom = self._dom(spec)
-        if not keep_running:
-            try:
-                return warm.save(dom, state, ignore_shared=shared_memory, after=while_paused)
-            finally:
-                with suppress(libvirt.libvirtError):
-                    if dom.isActive():
-                        dom.destroy()
-                net.stop(spec)
         t0 = time.monotonic()
         try:
             warm.save(dom, state, ignore_shared=shared_memory, after=while_paused)
         finally:
-            # Running again whatever happened (a source task must not stay paused silently).
-            try:
-                if dom.isActive() and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
-                    dom.resume()
-            except libvirt.libvirtError as exc:
-                raise ProviderError(
-                    f"{spec.kind} {spec.name!r} is left paused: {exc.get_error_message()}",
-                    hint=f"`agent-swarm start {spec.name}` resumes it",
-                ) from exc
+            if keep_running:  # running again whatever happened: never left paused silently
+                try:
+                    if dom.isActive() and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                        dom.resume()
+                except libvirt.libvirtError as exc:
+                    raise ProviderError(
+                        f"{spec.kind} {spec.name!r} is left paused: {exc.get_error_message()}",
+                        hint=f"`agent-swarm start {spec.name}` resumes it",
+                    ) from exc
+            else:
+                with suppress(libvirt.libvirtError):
+                    if dom.isActive():
+                        dom.destroy()
+                net.stop(spec)
         return time.monotonic() - t0
 
     def resume_from_state(self, spec: VMSpec, state: Path, *, shared_memory: bool = True) -> None:

@@ -90,14 +90,13 @@ def save(
     *,
     ignore_shared: bool = True,
     after: Callable[[], None] | None = None,
-) -> float:
+) -> None:
     """Pause the domain and write its state to ``state`` (0600, fsynced): device state only
     with ``ignore_shared`` (its RAM is a shared file), else RAM too. ``after`` runs while it
-    is still paused (disks flushed). Returns the seconds since the pause; it stays paused."""
+    is still paused (disks flushed). It stays paused."""
     _ignore_shared(dom, ignore_shared)
     # QEMU limits migration to 128 MiB/s by default: a file is no network link.
     qmp(dom, "migrate-set-parameters", **{"max-bandwidth": 1 << 40})
-    t0 = time.monotonic()
     qmp(dom, "stop")
     fd = os.open(state, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
@@ -108,10 +107,8 @@ def save(
     _wait_migration(dom, "saving the running state", MIGRATE_TIMEOUT)
     if after is not None:
         after()
-    paused = time.monotonic() - t0
     with open(state, "rb") as f:
         os.fsync(f.fileno())
-    return paused
 
 
 def load(dom: libvirt.virDomain, state: Path, *, ignore_shared: bool = True) -> None:
