@@ -70,7 +70,7 @@ class SpecFactory:
         self.ports: set[int] = set()
         self.made: list[VMSpec] = []
 
-    def __call__(self, kind: str, name: str, disk_format: str) -> VMSpec:
+    def __call__(self, kind: str, name: str, disk_format: str, network: str = "user") -> VMSpec:
         d = self.root / f"{len(self.made)}-{kind}-{name}"
         d.mkdir(parents=True)
         disk = d / f"disk.{disk_format}"
@@ -86,6 +86,7 @@ class SpecFactory:
             seed=seed,
             serial_log=d / "serial.log",
             ssh_port=free_port(self.ports),
+            network=network,
         )
         self.made.append(spec)
         return spec
@@ -109,7 +110,8 @@ class ProviderContract:
 
     @pytest.fixture
     def make_spec(self, provider: Provider, spec_factory: SpecFactory) -> MakeSpec:
-        return lambda kind, name: spec_factory(kind, name, provider.capabilities.disk_format)
+        caps = provider.capabilities
+        return lambda kind, name: spec_factory(kind, name, caps.disk_format, caps.networks[0])
 
     def break_runtime(self, provider: Provider, spec: VMSpec) -> None:
         """Make the running VM ``spec`` unusable the way ``runtime_problem`` detects."""

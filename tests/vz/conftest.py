@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,40 +15,16 @@ from typing import Any
 
 import pytest
 
+from vz_support import build_vz_helper
+
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO / "native" / "vz"
 
 
-def _find_cmake() -> str | None:
-    found = shutil.which("cmake")
-    if found:
-        return found
-    candidate = Path(sys.executable).parent / "cmake"
-    return str(candidate) if candidate.exists() else None
-
-
 @pytest.fixture(scope="session")
 def vz_helper_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Builds native/vz (fake backend) and returns the agent-swarm-vz binary.
-
-    Fails, rather than skips, when the toolchain is missing: CI has both."""
-    cmake = _find_cmake()
-    if cmake is None:
-        pytest.fail("cmake not found (PATH or the venv's bin); needed to build native/vz")
-    if not any(shutil.which(c) for c in ("c++", "g++", "clang++")) and "CXX" not in os.environ:
-        pytest.fail("no C++ compiler found (c++, g++, clang++ or $CXX); needed for native/vz")
-    build = tmp_path_factory.mktemp("vz") / "build"
-    for cmd in (
-        [cmake, "-S", str(SOURCE), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release"],
-        [cmake, "--build", str(build), "-j2"],
-    ):
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-        if proc.returncode != 0:
-            pytest.fail(f"`{' '.join(cmd)}` failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    binary = build / "agent-swarm-vz"
-    if not binary.exists():
-        pytest.fail(f"build finished but {binary} is missing")
-    return binary
+    """Builds native/vz (fake backend) and returns the agent-swarm-vz binary."""
+    return build_vz_helper(tmp_path_factory.mktemp("vz") / "build")
 
 
 class Client:
@@ -144,13 +118,15 @@ def write_config(vm_dir: Path, **fake: Any) -> Path:
 
 @pytest.fixture
 def spawn_helper(vz_helper_bin: Path, tmp_path: Path) -> Iterator[Callable[..., Helper]]:
-    """spawn_helper(vm_dir=None, wait=True, env=None, **fake_knobs) -> Helper."""
+    """spawn_helper(vm_dir=None, wait=True, env=None, args=(), **fake_knobs) -> Helper;
+    ``args`` follow ``run --config VM.json`` (e.g. ``["--restore", path]``)."""
     started: list[Helper] = []
 
     def spawn(
         vm_dir: Path | None = None,
         wait: bool = True,
         env: dict[str, str] | None = None,
+        args: tuple[str, ...] | list[str] = (),
         **fake: Any,
     ) -> Helper:
         vm_dir = vm_dir or tmp_path / "vm"
@@ -158,7 +134,7 @@ def spawn_helper(vz_helper_bin: Path, tmp_path: Path) -> Iterator[Callable[..., 
         log = vm_dir / f"helper-{len(started)}.log"
         with open(log, "wb") as err:
             proc = subprocess.Popen(
-                [str(vz_helper_bin), "run", "--config", str(config)],
+                [str(vz_helper_bin), "run", "--config", str(config), *args],
                 stdin=subprocess.DEVNULL,
                 stdout=err,
                 stderr=err,

@@ -46,12 +46,37 @@ class Backend {
   virtual void force_stop(Done done) = 0;
   virtual void pause(Done done) = 0;
   virtual void resume(Done done) = 0;
-  // The guest's address, or nullopt when not known yet.
+  // Writes the paused VM's full state (devices + RAM) to `path`. Called only while paused;
+  // the VM stays paused. Backends without it (VZ before macOS 14) fail with "unsupported".
+  virtual void save(const std::string& path, Done done) {
+    (void)path;
+    done(Result::failure("unsupported", "saving a VM's state needs macOS 14 or newer"));
+  }
+  // Restores a configured, never started VM from `path`; on success the VM is paused.
+  // The configuration must match the saved one (VZ: same MAC, machine identifier, devices).
+  virtual void restore(const std::string& path, Done done) {
+    (void)path;
+    done(Result::failure("unsupported", "restoring a VM's state needs macOS 14 or newer"));
+  }
+  // The guest's IPv4 address (for VZ: from the NAT's DHCP leases of config.mac), or nullopt
+  // when not known yet.
   virtual std::optional<std::string> address() = 0;
-  virtual bool supports_save() const { return false; }
 };
 
 // Provided by exactly one backend source file, chosen at link time.
 std::unique_ptr<Backend> make_backend(const VmConfig& config, EventSink& sink);
+
+// `agent-swarm-vz init`: creates the VM's persistent files that are missing (VZ: the EFI
+// variable store at config.efi_vars and the machine identifier at config.machine_id) and
+// leaves existing ones alone. Synchronous.
+Result backend_init(const VmConfig& config);
+
+// `agent-swarm-vz check-config`: builds the configuration without starting anything and
+// validates it (VZ: validateWithError:, and validateSaveRestoreSupportWithError: on 14+).
+// Fills `info` with what was found: {"valid":bool, "save_restore":bool|null, "reason":...}.
+Result backend_check(const VmConfig& config, Json& info);
+
+// The backend's name as `--version` and `hello` report it ("vz" or "fake").
+const char* backend_name();
 
 }  // namespace asvz

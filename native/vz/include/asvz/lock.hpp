@@ -15,6 +15,9 @@ int acquire_instance_lock(const std::string& dir, pid_t* holder_pid);
 constexpr size_t kMaxSocketPath = 100;
 std::string socket_path_for(const std::string& dir);
 
+// A listening Unix stream socket bound at `path`, mode 0600 (close-on-exec), or -1 with errno.
+int listen_unix(const std::string& path);
+
 // Writes `content` to `path` atomically (tmp file + fsync + rename).
 void write_file_atomic(const std::string& path, const std::string& content);
 

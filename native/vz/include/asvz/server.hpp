@@ -38,6 +38,8 @@ class Server : public EventSink {
 
   // Async-signal-safe: asks for a force stop (SIGTERM/SIGINT handler).
   static void on_signal(int sig);
+  // Async-signal-safe: asks to bind the control socket again (SIGUSR1).
+  static void on_rebind_signal(int sig);
 
  private:
   using Clock = std::chrono::steady_clock;
@@ -66,11 +68,14 @@ class Server : public EventSink {
   void reply_err(int fd, const Json& id, const std::string& code, const std::string& message);
   void send_line(int fd, const std::string& line);
 
+  void begin_save(int fd, const Json& id, const std::string& path, const std::string& then);
+  void after_save(int fd, const Json& id, const std::string& then, Result r);
   void begin_stop(double timeout_s);
   void begin_force_stop();
   void finish_stop(bool forced);
   void fail(const std::string& message);
   void drain_events();
+  void rebind_socket();
   void drain_output(std::chrono::milliseconds budget);
 
   VmConfig config_;
@@ -85,6 +90,7 @@ class Server : public EventSink {
   std::string last_error_;
   std::map<int, Client> clients_;
   std::vector<Waiter> stop_waiters_;
+  std::vector<int> watchers_;  // clients that asked for state events (`watch`)
   bool stop_forced_ = false;
   bool force_in_flight_ = false;
   std::unique_ptr<Clock::time_point> stop_deadline_;

@@ -5,7 +5,9 @@
 
 namespace asvz {
 
-enum class State { Init, Starting, Running, Pausing, Paused, Resuming, Stopping, Stopped, Error };
+enum class State {
+  Init, Starting, Running, Pausing, Paused, Resuming, Stopping, Stopped, Error, Restoring, Saving
+};
 
 const char* state_name(State s);
 bool is_terminal(State s);

@@ -16,6 +16,10 @@
 
 #include "asvz/lock.hpp"
 
+#ifndef MSG_NOSIGNAL  // macOS: SIGPIPE is ignored process-wide instead (main)
+#define MSG_NOSIGNAL 0
+#endif
+
 namespace asvz {
 
 const char* const kHelperVersion = "0.1.0";
@@ -24,6 +28,7 @@ namespace {
 
 int g_signal_pipe = -1;
 volatile sig_atomic_t g_signalled = 0;
+volatile sig_atomic_t g_rebind = 0;
 
 double wall_now() {
   timespec ts{};
@@ -50,6 +55,25 @@ std::string os_version() {
 }
 
 }  // namespace
+
+void Server::on_rebind_signal(int) {
+  g_rebind = 1;
+  if (g_signal_pipe >= 0) wake(g_signal_pipe);
+}
+
+void Server::rebind_socket() {
+  // Only ever our own path: unlink whatever is there (we hold the instance lock) and bind
+  // anew. Connected clients keep their connections.
+  unlink(socket_path_.c_str());
+  int fd = listen_unix(socket_path_);
+  if (fd < 0) {
+    std::fprintf(stderr, "asvz: cannot bind %s again: %s\n", socket_path_.c_str(), std::strerror(errno));
+    return;
+  }
+  set_nonblocking(fd);
+  if (listen_fd_ >= 0) close(listen_fd_);
+  listen_fd_ = fd;
+}
 
 void Server::on_signal(int) {
   g_signalled = 1;
@@ -111,6 +135,16 @@ void Server::set_state(State s, const std::string& error) {
   since_ = wall_now();
   if (!error.empty()) last_error_ = error;
   write_state_file();
+  if (!watchers_.empty()) {
+    Json ev = Json::object();
+    ev.set("event", "state");
+    ev.set("state", state_name(state_));
+    ev.set("since", since_);
+    if (state_ == State::Error) ev.set("error", last_error_);
+    std::string line = ev.dump();
+    std::vector<int> fds = watchers_;  // send_line never closes, but be safe
+    for (int fd : fds) send_line(fd, line);
+  }
 }
 
 Json Server::status_json() const {
@@ -121,6 +155,7 @@ Json Server::status_json() const {
   j.set("socket", socket_path_);
   j.set("mac", config_.mac);
   j.set("console_log", config_.console_log);
+  j.set("backend", backend_name());
   j.set("since", since_);
   j.set("last_error", last_error_.empty() ? Json() : Json(last_error_));
   return j;
@@ -140,6 +175,72 @@ void Server::fail(const std::string& message) {
   set_state(State::Error, message.empty() ? "backend error" : message);
   for (const auto& w : stop_waiters_) reply_err(w.client_fd, w.id, "backend", last_error_);
   stop_waiters_.clear();
+}
+
+// ---- save ----
+
+// save: (pause if running) -> saving -> paused -> `then` (pause | resume | stop). The reply
+// comes once `then` is done; the state file is the backend's, written while paused.
+void Server::begin_save(int fd, const Json& id, const std::string& path, const std::string& then) {
+  auto do_save = [this, fd, id, path, then]() {
+    set_state(State::Saving);
+    backend_->save(path, [this, fd, id, then](Result r) {
+      if (state_ != State::Saving) {
+        reply_err(fd, id, "bad_state", std::string("interrupted; now ") + state_name(state_));
+        return;
+      }
+      set_state(State::Paused);
+      after_save(fd, id, then, r);
+    });
+  };
+  if (state_ == State::Paused) {
+    do_save();
+    return;
+  }
+  set_state(State::Pausing);
+  backend_->pause([this, fd, id, do_save](Result r) {
+    if (state_ != State::Pausing) {
+      reply_err(fd, id, "bad_state", std::string("interrupted; now ") + state_name(state_));
+      return;
+    }
+    if (!r.ok) {
+      set_state(State::Running);
+      reply_err(fd, id, r.code.empty() ? "backend" : r.code, "pause before save: " + r.message);
+      return;
+    }
+    set_state(State::Paused);
+    do_save();
+  });
+}
+
+void Server::after_save(int fd, const Json& id, const std::string& then, Result r) {
+  auto reply = [this, fd, id, r](const std::string& final_state) {
+    if (!r.ok) {
+      reply_err(fd, id, r.code.empty() ? "backend" : r.code, r.message);
+      return;
+    }
+    Json res = Json::object();
+    res.set("state", final_state);
+    reply_ok(fd, id, res);
+  };
+  if (then == "stop" && r.ok) {
+    // The saved state is the VM now: power off without asking the (paused) guest. The
+    // reply ({"state":"stopped","forced":true}) comes from finish_stop, then the helper exits.
+    stop_waiters_.push_back({fd, id});
+    begin_force_stop();
+    return;
+  }
+  if (then == "resume" || (then == "stop" && !r.ok)) {
+    // A failed save with then=stop leaves the VM running rather than losing it.
+    set_state(State::Resuming);
+    backend_->resume([this, reply](Result rr) {
+      if (state_ != State::Resuming) return;
+      set_state(rr.ok ? State::Running : State::Paused);
+      reply(state_name(state_));
+    });
+    return;
+  }
+  reply("paused");
 }
 
 // ---- stop ----
@@ -245,7 +346,7 @@ void Server::handle_request(int fd, const Json& id, const std::string& cmd, cons
     Json r = Json::object();
     r.set("protocol", kProtocolVersion);
     r.set("version", kHelperVersion);
-    r.set("backend", backend_->name());
+    r.set("backend", backend_name());
     r.set("os", os_version());
     reply_ok(fd, id, r);
   } else if (cmd == "status") {
@@ -277,6 +378,25 @@ void Server::handle_request(int fd, const Json& id, const std::string& cmd, cons
   } else if (cmd == "force_stop") {
     stop_waiters_.push_back({fd, id});
     begin_force_stop();
+  } else if (cmd == "watch") {
+    if (std::find(watchers_.begin(), watchers_.end(), fd) == watchers_.end()) watchers_.push_back(fd);
+    reply_ok(fd, id, status_json());
+  } else if (cmd == "save") {
+    const Json* path = req.find("path");
+    if (!path || !path->is_string() || path->as_string().empty() || path->as_string()[0] != '/') {
+      reply_err(fd, id, "bad_request", "\"path\" (an absolute path) is required");
+      return;
+    }
+    std::string then = state_ == State::Running ? "resume" : "pause";
+    if (const Json* t = req.find("then")) {
+      if (!t->is_string() ||
+          (t->as_string() != "pause" && t->as_string() != "resume" && t->as_string() != "stop")) {
+        reply_err(fd, id, "bad_request", "\"then\" must be \"pause\", \"resume\" or \"stop\"");
+        return;
+      }
+      then = t->as_string();
+    }
+    begin_save(fd, id, path->as_string(), then);
   } else if (cmd == "pause" || cmd == "resume") {
     bool pause = cmd == "pause";
     set_state(pause ? State::Pausing : State::Resuming);
@@ -368,6 +488,7 @@ void Server::flush_client(Client& c) {
 void Server::close_client(int fd) {
   close(fd);
   clients_.erase(fd);
+  watchers_.erase(std::remove(watchers_.begin(), watchers_.end(), fd), watchers_.end());
   stop_waiters_.erase(std::remove_if(stop_waiters_.begin(), stop_waiters_.end(),
                                      [fd](const Waiter& w) { return w.client_fd == fd; }),
                       stop_waiters_.end());
@@ -376,6 +497,10 @@ void Server::close_client(int fd) {
 void Server::drain_events() {
   char buf[256];
   while (read(pipe_r_, buf, sizeof buf) > 0) {
+  }
+  if (g_rebind) {
+    g_rebind = 0;
+    if (!is_terminal(state_)) rebind_socket();
   }
   if (g_signalled) {
     g_signalled = 0;
@@ -413,12 +538,32 @@ void Server::drain_output(std::chrono::milliseconds budget) {
 
 int Server::run() {
   backend_ = make_backend(config_, *this);
-  set_state(State::Starting);
-  backend_->start([this](Result r) {
-    if (state_ != State::Starting) return;
-    if (r.ok) set_state(State::Running);
-    else fail("start failed: " + r.message);
-  });
+  if (!config_.restore.empty()) {
+    // Restore mode: the VM is configured but never started; it comes back paused.
+    set_state(State::Restoring);
+    backend_->restore(config_.restore, [this](Result r) {
+      if (state_ != State::Restoring) return;
+      if (!r.ok) {
+        fail("restore failed: " + r.message);
+        return;
+      }
+      set_state(State::Paused);
+      if (config_.restore_paused) return;
+      set_state(State::Resuming);
+      backend_->resume([this](Result rr) {
+        if (state_ != State::Resuming) return;
+        if (rr.ok) set_state(State::Running);
+        else fail("resume after restore failed: " + rr.message);
+      });
+    });
+  } else {
+    set_state(State::Starting);
+    backend_->start([this](Result r) {
+      if (state_ != State::Starting) return;
+      if (r.ok) set_state(State::Running);
+      else fail("start failed: " + r.message);
+    });
+  }
 
   while (!is_terminal(state_)) {
     std::vector<pollfd> pfds;

@@ -15,6 +15,8 @@ const char* state_name(State s) {
     case State::Stopping: return "stopping";
     case State::Stopped: return "stopped";
     case State::Error: return "error";
+    case State::Restoring: return "restoring";
+    case State::Saving: return "saving";
   }
   return "?";
 }
@@ -35,6 +37,8 @@ constexpr Edge kEdges[] = {
     {State::Resuming, State::Running},   {State::Resuming, State::Paused},
     {State::Running, State::Stopping},   {State::Paused, State::Stopping},
     {State::Running, State::Stopped},    {State::Stopping, State::Stopped},
+    {State::Init, State::Restoring},     {State::Restoring, State::Paused},
+    {State::Paused, State::Saving},      {State::Saving, State::Paused},
 };
 
 struct CommandRule {
@@ -53,6 +57,8 @@ constexpr CommandRule kCommands[] = {
     {"force_stop", bit(State::Running) | bit(State::Paused) | bit(State::Stopping)},
     {"pause", bit(State::Running)},
     {"resume", bit(State::Paused)},
+    {"save", bit(State::Running) | bit(State::Paused)},
+    {"watch", ~0u},
 };
 
 }  // namespace
