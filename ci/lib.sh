@@ -47,7 +47,7 @@ ensure_venv() {
 install_agent_swarm() {
   # A real (non-editable) install: tests import what users get.
   log "building and installing agent-swarm (native core included)"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$REPO[libvirt,test]" "$@"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$REPO[libvirt,test,macos-check]" "$@"
 }
 
 # libvirtd and virtlogd, started when not running (no systemd needed); see the script.

@@ -50,13 +50,15 @@ class Backend {
   // the VM stays paused. Backends without it (VZ before macOS 14) fail with "unsupported".
   virtual void save(const std::string& path, Done done) {
     (void)path;
-    done(Result::failure("unsupported", "saving a VM's state needs macOS 14 or newer"));
+    done(Result::failure("unsupported",
+                         "saving a VM's state is not supported here (VZ: macOS 14 or newer, Apple silicon)"));
   }
   // Restores a configured, never started VM from `path`; on success the VM is paused.
   // The configuration must match the saved one (VZ: same MAC, machine identifier, devices).
   virtual void restore(const std::string& path, Done done) {
     (void)path;
-    done(Result::failure("unsupported", "restoring a VM's state needs macOS 14 or newer"));
+    done(Result::failure("unsupported",
+                         "restoring a VM's state is not supported here (VZ: macOS 14 or newer, Apple silicon)"));
   }
   // The guest's IPv4 address (for VZ: from the NAT's DHCP leases of config.mac), or nullopt
   // when not known yet.
@@ -73,7 +75,8 @@ Result backend_init(const VmConfig& config);
 
 // `agent-swarm-vz check-config`: builds the configuration without starting anything and
 // validates it (VZ: validateWithError:, and validateSaveRestoreSupportWithError: on 14+).
-// Fills `info` with what was found: {"valid":bool, "save_restore":bool|null, "reason":...}.
+// Fills `info` with what was found: {"valid":bool, "save_restore":bool|null, "reason":...}
+// (VZ adds "supported": VZVirtualMachine.isSupported, false without hypervisor support).
 Result backend_check(const VmConfig& config, Json& info);
 
 // The backend's name as `--version` and `hello` report it ("vz" or "fake").

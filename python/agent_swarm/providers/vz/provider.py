@@ -82,7 +82,8 @@ class VZProvider(Provider):
     capabilities: ClassVar[Capabilities] = Capabilities(
         disk_format="raw",
         snapshots=True,
-        memory_snapshots=True,  # macOS 14+: UnsupportedByProvider on 13 (the helper says so)
+        # macOS 14+ on Apple silicon; elsewhere UnsupportedByProvider (the helper says so)
+        memory_snapshots=True,
         suspend=True,
         dynamic_address=True,
         warm_clones=False,

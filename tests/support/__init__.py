@@ -1,0 +1,1 @@
+"""Test-only helpers that are packages of their own (tests/ is on sys.path)."""
