@@ -305,3 +305,112 @@ def test_list_ours_reads_files_only(vz: tuple[VZProvider, SpecFactory]) -> None:
     for s in specs:
         p.stop(s, force=True)  # no socket: SIGTERM, the helper force-stops
         assert p.status(s).state is InstanceState.STOPPED
+
+
+# ---- review: stop/delete/kill/checkpoint edge cases ----
+
+
+def test_a_graceful_stop_survives_a_lost_control_socket(
+    vz: tuple[VZProvider, SpecFactory],
+) -> None:
+    """macOS cleans $TMPDIR, where a long VM directory's socket lives: a graceful stop must
+    make the helper bind its socket again and ask the guest, not pull the power (SIGTERM)."""
+    p, factory = vz
+    spec = factory("task", "t1", "raw", "nat")
+    p.define(spec)
+    p.start(spec)
+    os.unlink(hp.read_state(p.root / "task-t1")["socket"])  # type: ignore[index]
+    p.stop(spec, timeout=30)
+    assert p.status(spec).state is InstanceState.STOPPED
+    assert "fake: guest powered off" in Path(spec.serial_log).read_text()  # asked, not forced
+
+
+def test_kill_helper_never_signals_a_pid_that_is_not_the_helper(tmp_path: Path) -> None:
+    """The pid in vz.lock can be stale (a helper killed by SIGKILL leaves it; the next one
+    rewrites it only after taking the lock) and then name any process: never signal it."""
+    import fcntl
+    import subprocess
+
+    from agent_swarm.errors import ProviderError
+
+    d = tmp_path / "task-x"
+    d.mkdir()
+    (d / hp.CONFIG_FILE).write_text("{}")
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        fd = os.open(d / hp.LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, f"{bystander.pid}\n".encode())
+        with pytest.raises(ProviderError, match="not its helper"):
+            hp.kill_helper(d, wait=0.5)
+        assert bystander.poll() is None, "an unrelated process was signalled"
+        os.close(fd)
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_a_socket_of_another_user_is_not_trusted(tmp_path: Path) -> None:
+    """state.json names the socket; one that is not ours (planted in a shared /tmp) is
+    refused before anything is sent to it."""
+    import socket as so
+
+    from agent_swarm.errors import ProviderError
+
+    d = tmp_path / "task-x"
+    d.mkdir()
+    path = tmp_path / "asvz-0000.sock"
+    srv = so.socket(so.AF_UNIX, so.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(1)
+    try:
+        if os.geteuid() == 0:
+            os.chown(path, 65534, 65534)
+        else:
+            pytest.skip("needs root to give the socket another owner")
+        (d / hp.STATE_FILE).write_text(json.dumps({"socket": str(path), "pid": 1}))
+        with pytest.raises(ProviderError, match="not our helper's socket"):
+            hp.call(d, "status", wait=2)
+    finally:
+        srv.close()
+
+
+def test_delete_without_vm_json_still_stops_the_helper(
+    vz: tuple[VZProvider, SpecFactory],
+) -> None:
+    p, factory = vz
+    spec = factory("task", "t1", "raw", "nat")
+    p.define(spec)
+    p.start(spec)
+    d = p.root / "task-t1"
+    (d / hp.CONFIG_FILE).unlink()
+    p.delete(spec)
+    assert not d.exists()
+    assert p.status(spec).state is InstanceState.MISSING
+
+
+def test_a_checkpoint_whose_save_times_out_resumes_the_vm(
+    vz: tuple[VZProvider, SpecFactory], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The save's reply does not come in time: the checkpoint fails with that error (not a
+    bad_state from resuming mid-save) and the VM runs again once the save has ended."""
+    from agent_swarm.errors import ProviderError
+    from agent_swarm.providers.vz import provider as pv
+
+    p, factory = vz
+    monkeypatch.setenv(FAKE_ENV, json.dumps({"boot_ms": 30, "save_ms": 1500}))
+    monkeypatch.setattr(pv, "SAVE_TIMEOUT", 0.3)
+    spec = factory("task", "t1", "raw", "nat")
+    p.define(spec)
+    p.start(spec)
+    with pytest.raises(ProviderError) as err:
+        p.checkpoint(spec, "c1")
+    assert not isinstance(err.value, hp.HelperCallError), err.value
+    assert "does not answer" in str(err.value)
+    deadline = time.monotonic() + 5
+    while p.status(spec).state is not InstanceState.RUNNING:
+        assert time.monotonic() < deadline, p.status(spec)
+        time.sleep(0.05)
+    assert p.list_checkpoints(spec) == []
+    assert not list((p.root / "task-t1" / "checkpoints").iterdir())
+    p.stop(spec, force=True)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import plistlib
 from pathlib import Path
 
+import pytest
+
 from agent_swarm.providers.vz.probe import (
     ENTITLEMENT,
     apfs_check,
@@ -74,3 +76,26 @@ def test_mount_point_of_a_missing_path(tmp_path: Path) -> None:
     mp = mount_point(tmp_path / "not" / "there")
     assert mp.is_dir()
     assert (tmp_path.resolve()).is_relative_to(mp)
+
+
+def test_is_helper_of_reads_the_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pid read from vz.lock is signalled only when it runs this VM's helper (Linux:
+    /proc/PID/cmdline, NUL-separated; macOS: ps's space-joined args)."""
+    from agent_swarm.providers.vz import helper as hp
+
+    d = Path("/Users/me/.agent-swarm/vz/task-t1")
+    lines = {
+        101: "/opt/a b/bin/agent-swarm-vz run --config /Users/me/.agent-swarm/vz/task-t1/vm.json",
+        102: "/opt/bin/agent-swarm-vz run --config /Users/me/.agent-swarm/vz/task-t2/vm.json",
+        103: "sleep 60",
+        104: "/x/agent-swarm-vz\0run\0--config\0/Users/me/.agent-swarm/vz/task-t1/vm.json\0",
+        105: "/x/not-agent-swarm-vz\0run\0--config\0/Users/me/.agent-swarm/vz/task-t1/vm.json\0",
+    }
+    monkeypatch.setattr(hp, "_argv_of", lines.get)
+    assert hp.is_helper_of(101, d)
+    assert not hp.is_helper_of(102, d)
+    assert not hp.is_helper_of(103, d)
+    assert hp.is_helper_of(104, d)
+    assert not hp.is_helper_of(105, d)
+    assert not hp.is_helper_of(106, d)  # gone
+    assert not hp.is_helper_of(1, d) and not hp.is_helper_of(2**40, d)

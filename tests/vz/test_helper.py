@@ -263,3 +263,45 @@ def test_sigterm_force_stops(spawn_helper: Spawn) -> None:
     h.proc.terminate()
     assert h.wait_exit() == 0
     assert h.state()["state"] == "stopped"
+
+
+def test_a_late_reply_never_reaches_the_next_client_on_the_same_fd(
+    spawn_helper: Spawn, tmp_path: Path
+) -> None:
+    """A client that leaves while its save runs: the save's reply must not go to the next
+    client, which gets the same descriptor number (and, like the provider's one-request
+    connections, the same request id)."""
+    h = spawn_helper(save_ms=800)
+    h.wait_state("running")
+    a = h.client()
+    a.send("save", path=str(tmp_path / "state"), then="pause")  # id 1
+    time.sleep(0.1)
+    a.close()
+    time.sleep(0.2)  # the helper has seen the close
+    b = h.client()  # accept() hands out the lowest free descriptor: a's
+    assert b.call("status")["ok"] is True  # id 1 too
+    h.wait_state("paused")
+    b.sock.settimeout(1.5)
+    with pytest.raises(TimeoutError):
+        stray = b.read_line()
+        raise AssertionError(f"got another client's reply: {stray}")
+
+
+def test_a_guest_power_off_during_a_pause_is_not_lost(spawn_helper: Spawn) -> None:
+    """The guest powers off while a pause is in flight: the helper must not sit in
+    "paused"/"running" for ever with a VM that is gone."""
+    h = spawn_helper(pause_ms=400, poweroff_after_ms=300, boot_ms=100)
+    h.wait_state("running")
+    c = h.client()
+    c.send("pause")
+    assert h.wait_exit(timeout=5) == 0
+    assert h.state()["state"] == "stopped"
+
+
+def test_a_helper_that_exits_leaves_no_pid_in_its_lock(spawn_helper: Spawn) -> None:
+    h = spawn_helper()
+    h.wait_state("running")
+    assert (h.dir / "vz.lock").read_text().strip() == str(h.proc.pid)
+    assert h.client().call("force_stop")["ok"] is True
+    assert h.wait_exit() == 0
+    assert (h.dir / "vz.lock").read_text() == ""

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <deque>
 #include <functional>
 #include <map>
@@ -45,6 +46,7 @@ class Server : public EventSink {
   using Clock = std::chrono::steady_clock;
   struct Client {
     int fd = -1;
+    std::uint64_t serial = 0;  // unique per connection: a reused fd number is another client
     std::string in;
     std::string out;
     bool closing = false;  // close once `out` is flushed
@@ -53,6 +55,14 @@ class Server : public EventSink {
     int client_fd;
     Json id;
   };
+  // Who asked, for a reply that comes later (pause, resume, save): the descriptor number alone
+  // would name the next client that accept() gives the same number once this one has gone.
+  struct Peer {
+    int fd;
+    std::uint64_t serial;
+  };
+  Peer peer_of(int fd) const;
+  int live_fd(const Peer& p) const;  // p.fd while that connection is open, else -1
 
   void set_state(State s, const std::string& error = "");
   void write_state_file();
@@ -68,8 +78,9 @@ class Server : public EventSink {
   void reply_err(int fd, const Json& id, const std::string& code, const std::string& message);
   void send_line(int fd, const std::string& line);
 
-  void begin_save(int fd, const Json& id, const std::string& path, const std::string& then);
-  void after_save(int fd, const Json& id, const std::string& then, Result r);
+  void begin_save(Peer who, const Json& id, const std::string& path, const std::string& then);
+  void after_save(Peer who, const Json& id, const std::string& then, Result r);
+  void settle_guest_stop();
   void begin_stop(double timeout_s);
   void begin_force_stop();
   void finish_stop(bool forced);
@@ -93,6 +104,8 @@ class Server : public EventSink {
   std::vector<int> watchers_;  // clients that asked for state events (`watch`)
   bool stop_forced_ = false;
   bool force_in_flight_ = false;
+  bool guest_gone_ = false;  // the guest powered off while a pause/resume/save was in flight
+  std::uint64_t next_serial_ = 1;
   std::unique_ptr<Clock::time_point> stop_deadline_;
   std::unique_ptr<Backend> backend_;  // last member: destroyed first
 };

@@ -130,6 +130,9 @@ int cmd_run(const std::string& config_path, const std::string& restore, bool pau
     sigaction(SIGUSR1, &su, nullptr);
     rc = server.run();
   }
+  // No pid left behind once we are gone: a stale pid would name whatever process gets that
+  // number next (the provider checks a holder's identity before signalling it, too).
+  if (ftruncate(lock_fd, 0) != 0) std::fprintf(stderr, "asvz: cannot clear vz.lock\n");
   close(lock_fd);  // released by exit anyway; explicit for clarity
   return rc;
 }

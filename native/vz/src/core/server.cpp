@@ -115,7 +115,33 @@ void Server::post(std::function<void()> fn) {
 void Server::guest_stopped() {
   post([this] {
     if (state_ == State::Running || state_ == State::Stopping) finish_stop(false);
+    // Mid-transition (pausing, resuming, saving, starting, restoring): remembered, and acted
+    // on once the operation in flight settles (settle_guest_stop), rather than lost.
+    else if (!is_terminal(state_)) guest_gone_ = true;
   });
+}
+
+void Server::settle_guest_stop() {
+  if (!guest_gone_) return;
+  if (state_ == State::Running || state_ == State::Stopping) {
+    guest_gone_ = false;
+    finish_stop(false);
+  } else if (state_ == State::Paused) {
+    guest_gone_ = false;
+    begin_force_stop();  // Paused -> Stopped is not an edge; nothing is left to stop anyway
+  } else if (is_terminal(state_)) {
+    guest_gone_ = false;
+  }
+}
+
+Server::Peer Server::peer_of(int fd) const {
+  auto it = clients_.find(fd);
+  return Peer{fd, it == clients_.end() ? 0 : it->second.serial};
+}
+
+int Server::live_fd(const Peer& p) const {
+  auto it = clients_.find(p.fd);
+  return (it != clients_.end() && it->second.serial == p.serial) ? p.fd : -1;
 }
 
 void Server::backend_error(std::string message) {
@@ -181,16 +207,16 @@ void Server::fail(const std::string& message) {
 
 // save: (pause if running) -> saving -> paused -> `then` (pause | resume | stop). The reply
 // comes once `then` is done; the state file is the backend's, written while paused.
-void Server::begin_save(int fd, const Json& id, const std::string& path, const std::string& then) {
-  auto do_save = [this, fd, id, path, then]() {
+void Server::begin_save(Peer who, const Json& id, const std::string& path, const std::string& then) {
+  auto do_save = [this, who, id, path, then]() {
     set_state(State::Saving);
-    backend_->save(path, [this, fd, id, then](Result r) {
+    backend_->save(path, [this, who, id, then](Result r) {
       if (state_ != State::Saving) {
-        reply_err(fd, id, "bad_state", std::string("interrupted; now ") + state_name(state_));
+        reply_err(live_fd(who), id, "bad_state", std::string("interrupted; now ") + state_name(state_));
         return;
       }
       set_state(State::Paused);
-      after_save(fd, id, then, r);
+      after_save(who, id, then, r);
     });
   };
   if (state_ == State::Paused) {
@@ -198,14 +224,14 @@ void Server::begin_save(int fd, const Json& id, const std::string& path, const s
     return;
   }
   set_state(State::Pausing);
-  backend_->pause([this, fd, id, do_save](Result r) {
+  backend_->pause([this, who, id, do_save](Result r) {
     if (state_ != State::Pausing) {
-      reply_err(fd, id, "bad_state", std::string("interrupted; now ") + state_name(state_));
+      reply_err(live_fd(who), id, "bad_state", std::string("interrupted; now ") + state_name(state_));
       return;
     }
     if (!r.ok) {
       set_state(State::Running);
-      reply_err(fd, id, r.code.empty() ? "backend" : r.code, "pause before save: " + r.message);
+      reply_err(live_fd(who), id, r.code.empty() ? "backend" : r.code, "pause before save: " + r.message);
       return;
     }
     set_state(State::Paused);
@@ -213,20 +239,20 @@ void Server::begin_save(int fd, const Json& id, const std::string& path, const s
   });
 }
 
-void Server::after_save(int fd, const Json& id, const std::string& then, Result r) {
-  auto reply = [this, fd, id, r](const std::string& final_state) {
+void Server::after_save(Peer who, const Json& id, const std::string& then, Result r) {
+  auto reply = [this, who, id, r](const std::string& final_state) {
     if (!r.ok) {
-      reply_err(fd, id, r.code.empty() ? "backend" : r.code, r.message);
+      reply_err(live_fd(who), id, r.code.empty() ? "backend" : r.code, r.message);
       return;
     }
     Json res = Json::object();
     res.set("state", final_state);
-    reply_ok(fd, id, res);
+    reply_ok(live_fd(who), id, res);
   };
   if (then == "stop" && r.ok) {
     // The saved state is the VM now: power off without asking the (paused) guest. The
     // reply ({"state":"stopped","forced":true}) comes from finish_stop, then the helper exits.
-    stop_waiters_.push_back({fd, id});
+    if (live_fd(who) >= 0) stop_waiters_.push_back({who.fd, id});
     begin_force_stop();
     return;
   }
@@ -396,24 +422,25 @@ void Server::handle_request(int fd, const Json& id, const std::string& cmd, cons
       }
       then = t->as_string();
     }
-    begin_save(fd, id, path->as_string(), then);
+    begin_save(peer_of(fd), id, path->as_string(), then);
   } else if (cmd == "pause" || cmd == "resume") {
     bool pause = cmd == "pause";
     set_state(pause ? State::Pausing : State::Resuming);
-    Done done = [this, fd, id, pause](Result r) {
+    Peer who = peer_of(fd);
+    Done done = [this, who, id, pause](Result r) {
       State want = pause ? State::Pausing : State::Resuming;
       if (state_ != want) {  // overtaken (stop, crash): report and leave the state alone
-        reply_err(fd, id, "bad_state", std::string("interrupted; now ") + state_name(state_));
+        reply_err(live_fd(who), id, "bad_state", std::string("interrupted; now ") + state_name(state_));
         return;
       }
       if (r.ok) {
         set_state(pause ? State::Paused : State::Running);
         Json res = Json::object();
         res.set("state", state_name(state_));
-        reply_ok(fd, id, res);
+        reply_ok(live_fd(who), id, res);
       } else {
         set_state(pause ? State::Running : State::Paused);
-        reply_err(fd, id, r.code.empty() ? "backend" : r.code, r.message);
+        reply_err(live_fd(who), id, r.code.empty() ? "backend" : r.code, r.message);
       }
     };
     if (pause) backend_->pause(done);
@@ -429,7 +456,9 @@ void Server::accept_clients() {
     if (fd < 0) return;  // EAGAIN or transient error
     fcntl(fd, F_SETFD, FD_CLOEXEC);
     set_nonblocking(fd);
-    clients_[fd].fd = fd;
+    Client& c = clients_[fd];
+    c.fd = fd;
+    c.serial = next_serial_++;
   }
 }
 
@@ -590,6 +619,7 @@ int Server::run() {
     }
     if (n <= 0) continue;
     if (pfds[0].revents) drain_events();
+    settle_guest_stop();
     if (pfds[1].revents & POLLIN) accept_clients();
     for (size_t i = 2; i < pfds.size(); ++i) {
       auto it = clients_.find(pfds[i].fd);

@@ -144,6 +144,11 @@ class FakeBackend final : public Backend {
     });
     if (crash_after_ms_ > 0)
       timers_.schedule(crash_after_ms_, [this] { sink_.backend_error("fake: simulated crash"); });
+    if (long long off = knob_ms(config_.fake, "poweroff_after_ms", 0); off > 0)
+      timers_.schedule(off, [this] {
+        console("fake: guest powered off by itself\n");
+        sink_.guest_stopped();
+      });
   }
 
   Result request_stop() override {
@@ -162,14 +167,14 @@ class FakeBackend final : public Backend {
   }
 
   void pause(Done done) override {
-    timers_.schedule(10, [this, done] {
+    timers_.schedule(knob_ms(config_.fake, "pause_ms", 10), [this, done] {
       paused_ = true;
       sink_.post([done] { done(Result::success()); });
     });
   }
 
   void resume(Done done) override {
-    timers_.schedule(10, [this, done] {
+    timers_.schedule(knob_ms(config_.fake, "pause_ms", 10), [this, done] {
       paused_ = false;
       sink_.post([done] { done(Result::success()); });
     });

@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import itertools
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -111,7 +113,7 @@ def lock_holder(vm_dir: Path) -> int | None:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             raw = os.read(fd, 32).decode("ascii", "replace").strip()
-            return int(raw) if raw.isdigit() and int(raw) > 1 else 0
+            return int(raw) if raw.isdigit() and 1 < int(raw) < 2**31 else 0
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
@@ -143,6 +145,11 @@ class Control:
 
     def __init__(self, path: str, timeout: float = 10.0) -> None:
         self.path = path
+        # Only a socket of ours: where the helper's socket lives in a shared directory (a
+        # /tmp fallback), someone else's could sit at the path while ours is gone.
+        st = os.lstat(path)
+        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.geteuid():
+            raise PermissionError(errno.EPERM, f"{path} is not our helper's socket")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         try:
@@ -301,8 +308,7 @@ def spawn(
             if rc is not None:
                 break
             if time.monotonic() > deadline:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, 9)
+                proc.kill()  # Popen's own: never a pid that was already reaped
                 raise Timeout(
                     f"the VM {vm_dir.name} did not reach {want!r} within {timeout:.0f} s",
                     hint=f"see {vm_dir / LOG_FILE}",
@@ -346,15 +352,75 @@ def run_tool(binary: Path, sub: str, config: Path) -> dict[str, Any]:
     return out if isinstance(out, dict) else {}
 
 
-def kill_helper(vm_dir: Path, wait: float = 10.0) -> None:
-    """SIGTERM (the helper force-stops its VM) and then SIGKILL the lock holder."""
-    for sig, grace in ((15, wait), (9, 10.0)):
+def _argv_of(pid: int) -> str | None:
+    """The command line of ``pid`` (NUL-separated on Linux, ``ps``'s on macOS), or None."""
+    if sys.platform.startswith("linux"):
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            return None
+    try:
+        out = subprocess.run(
+            ["ps", "-ww", "-o", "args=", "-p", str(pid)],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out or None
+
+
+def is_helper_of(pid: int, vm_dir: Path) -> bool:
+    """Whether ``pid`` runs ``agent-swarm-vz run --config <vm_dir>/vm.json``."""
+    if not 1 < pid < 2**31:
+        return False
+    argv = _argv_of(pid)
+    if argv is None:
+        return False
+    config = str(vm_dir / CONFIG_FILE)
+    if "\0" in argv:
+        args = [a for a in argv.split("\0") if a]
+        return (
+            bool(args)
+            and Path(args[0]).name == "agent-swarm-vz"
+            and any(a == "--config" and b == config for a, b in itertools.pairwise(args))
+        )
+    # ps joins the arguments with spaces (the binary's path may hold some itself)
+    return f"agent-swarm-vz run --config {config}" in argv
+
+
+def helper_pid(vm_dir: Path, settle: float = 2.0) -> int | None:
+    """The pid of the helper holding ``vz.lock``, checked to be that helper (None: no helper
+    lives). The pid in the file is stale for a moment after a crashed helper's successor
+    takes the lock (it rewrites the file just after), and a stale pid may by now name any
+    process: such a pid is never returned, so never signalled. ProviderError when the holder
+    stays unidentified for ``settle`` seconds."""
+    deadline = time.monotonic() + settle
+    while True:
         pid = lock_holder(vm_dir)
         if pid is None:
+            return None
+        if pid > 1 and is_helper_of(pid, vm_dir):
+            return pid
+        if time.monotonic() > deadline:
+            raise ProviderError(
+                f"the lock of {vm_dir.name} is held by pid {pid or '?'}, which is not its helper",
+                hint=f"check that process; remove {vm_dir / LOCK_FILE} only if nothing runs the VM",
+            )
+        time.sleep(0.02)
+
+
+def kill_helper(vm_dir: Path, wait: float = 10.0) -> None:
+    """SIGTERM (the helper force-stops its VM) and then SIGKILL the lock holder, once it is
+    known to be this VM's helper (:func:`helper_pid`)."""
+    for sig, grace in ((15, wait), (9, 10.0)):
+        pid = helper_pid(vm_dir)
+        if pid is None:
             return
-        if pid > 1:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
         deadline = time.monotonic() + grace
         while lock_holder(vm_dir) is not None and time.monotonic() < deadline:
             time.sleep(0.05)

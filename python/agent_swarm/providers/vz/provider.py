@@ -118,13 +118,14 @@ class VZProvider(Provider):
                     f"{self.binary} was built with the {v.backend} backend, not VZ",
                     hint=f"unset {hp.HELPER_ENV} or reinstall agent-swarm",
                 )
-            from agent_swarm.providers.vz.probe import macos_version
+            # The same checks `agent-swarm providers` shows (macOS version, hypervisor,
+            # helper, its entitlement): the first required one that fails, with its fix.
+            from agent_swarm.providers.vz.probe import probe
 
-            if macos_version() < (13, 0):
-                raise ProviderUnavailable(
-                    "Virtualization.framework needs macOS 13 (Ventura) or newer here",
-                    hint="update macOS",
-                )
+            result = probe()
+            for c in result.checks:
+                if c.required and not c.ok:
+                    raise ProviderUnavailable(f"{c.name}: {c.detail}", hint=c.hint)
         elif v.backend != "fake":
             raise ProviderUnavailable(
                 f"Virtualization.framework is macOS-only, not {sys.platform}",
@@ -229,12 +230,13 @@ class VZProvider(Provider):
             hp.spawn(self.binary, d, timeout=START_TIMEOUT)
             return
         if self.runtime_problem(spec) is not None:
-            self._repair_socket(d, pid)
+            self._repair_socket(d)
 
-    def _repair_socket(self, d: Path, pid: int) -> None:
+    def _repair_socket(self, d: Path) -> None:
         """Ask the helper (SIGUSR1) to bind its control socket again."""
-        if pid <= 1:
-            raise ProviderError(f"the VM helper of {d.name} has an unknown pid")
+        pid = hp.helper_pid(d)  # never a stale pid from vz.lock: SIGUSR1 kills by default
+        if pid is None:
+            raise ProviderError(f"the VM helper of {d.name} is not running")
         os.kill(pid, signal.SIGUSR1)
         deadline = time.monotonic() + 10
         while self._socket_problem(d) is not None:
@@ -259,11 +261,23 @@ class VZProvider(Provider):
         d = self._defined(spec)
         if hp.lock_holder(d) is None:
             return
-        try:
+
+        def request() -> None:
             if force:
                 hp.call(d, "force_stop", wait=60)
             else:
                 hp.call(d, "stop", wait=timeout + 60, timeout=timeout)
+
+        try:
+            try:
+                request()
+            except ProviderError as exc:
+                # The socket is gone ($TMPDIR cleaned): a graceful stop has the helper bind it
+                # again and asks the guest, rather than pulling the power through SIGTERM.
+                if force or isinstance(exc, hp.HelperCallError) or self._socket_problem(d) is None:
+                    raise
+                self._repair_socket(d)
+                request()
         except ProviderError:
             # No answer, or a state the helper cannot stop from (starting, saving): the
             # helper force-stops on SIGTERM; SIGKILL if it hangs.
@@ -277,7 +291,7 @@ class VZProvider(Provider):
         if not d.exists():
             return
         if hp.lock_holder(d) is not None:
-            with contextlib.suppress(ProviderError):
+            with contextlib.suppress(ProviderError, InstanceNotFound):  # vm.json may be gone
                 self.stop(spec, force=True)
             hp.kill_helper(d)
         sock = (hp.read_state(d) or {}).get("socket")
@@ -393,9 +407,13 @@ class VZProvider(Provider):
                 try:
                     hp.call(d, "save", wait=SAVE_TIMEOUT, path=str(tmp / "state"), then="pause")
                     native.clone_file(spec.disk, tmp / "disk.img")
-                finally:
-                    if st is InstanceState.RUNNING and self._state_of(d) is InstanceState.PAUSED:
-                        hp.call(d, "resume", wait=60)
+                except BaseException:
+                    if st is InstanceState.RUNNING:
+                        with contextlib.suppress(ProviderError):  # the first error is the one
+                            self._resume_after_save(d)
+                    raise
+                if st is InstanceState.RUNNING:
+                    self._resume_after_save(d)
                 power = "running" if st is InstanceState.RUNNING else "paused"
             elif st is InstanceState.STOPPED:
                 native.clone_file(spec.disk, tmp / "disk.img")
@@ -408,6 +426,24 @@ class VZProvider(Provider):
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    def _resume_after_save(self, d: Path, settle: float = 60.0) -> None:
+        """Resume the VM a checkpoint paused. When the save's reply did not come (no answer
+        in time, connection lost), the save may still run: wait for it to end first, so that
+        it neither refuses the resume nor leaves the VM paused afterwards."""
+        deadline = time.monotonic() + settle
+        while True:
+            pid = hp.lock_holder(d)
+            if pid is None:
+                return
+            st = hp.read_state(d) or {}
+            state = st.get("state") if st.get("pid") == pid else None
+            if state == "paused":
+                hp.call(d, "resume", wait=60)
+                return
+            if state not in ("pausing", "saving") or time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
 
     def restore(self, spec: VMSpec, tag: str) -> None:
         from agent_swarm import native
