@@ -27,7 +27,10 @@ def atomic_write(
     dest = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     try:
-        os.fchmod(fd, mode)
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)
+        # Windows before Python 3.13 has no fchmod; mode bits mean little there (NTFS ACLs:
+        # mkstemp's file in the user's profile is the user's alone), so nothing is lost.
         with os.fdopen(fd, "wb") as f:
             if callable(data):
                 data(f)
