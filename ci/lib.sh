@@ -9,10 +9,12 @@ export DEBIAN_FRONTEND=noninteractive
 # Packages every run needs: a compiler and Python headers for the native core, the
 # independent image tools the tests check our images with, and for the encrypted env vars a
 # real OS keystore (gnome-keyring's Secret Service on a private D-Bus session bus) plus the
-# independent tools the tests inspect it and the registry with (secret-tool, sqlite3).
+# independent tools the tests inspect it and the registry with (secret-tool, sqlite3);
+# MinGW-w64 + Wine: the native core's Windows paths, cross-built and run (tests/native).
 BASE_APT=(python3 python3-venv python3-dev g++ make zlib1g-dev pkg-config
           qemu-utils libvhdi-utils xfsprogs util-linux e2fsprogs
-          dbus gnome-keyring libsecret-1-0 libsecret-tools sqlite3)
+          dbus gnome-keyring libsecret-1-0 libsecret-tools sqlite3
+          g++-mingw-w64-x86-64-posix wine64 wine)
 # The Linux provider: libvirt + QEMU, and what building the Debian base image needs.
 LINUX_APT=(libvirt-daemon-system libvirt-daemon libvirt-clients libvirt-dev
            qemu-system-x86 qemu-system-data openssh-client

@@ -42,6 +42,10 @@
 #ifndef ERROR_BLOCK_TOO_MANY_REFERENCES
 #define ERROR_BLOCK_TOO_MANY_REFERENCES 347L
 #endif
+// The values the Windows SDK's winioctl.h has (whichever header defined them here).
+static_assert(FSCTL_DUPLICATE_EXTENTS_TO_FILE == 0x98344, "FSCTL_DUPLICATE_EXTENTS_TO_FILE");
+static_assert(FSCTL_GET_INTEGRITY_INFORMATION == 0x9027C, "FSCTL_GET_INTEGRITY_INFORMATION");
+static_assert(FSCTL_SET_INTEGRITY_INFORMATION == 0x9C280, "FSCTL_SET_INTEGRITY_INFORMATION");
 
 namespace agent_swarm {
 namespace {
@@ -65,6 +69,8 @@ struct SetIntegrityInfo {
     WORD Reserved;
     DWORD Flags;
 };
+static_assert(sizeof(DuplicateExtentsData) == 4 * 8 || sizeof(void*) != 8,
+              "DUPLICATE_EXTENTS_DATA is 32 bytes on 64-bit Windows");
 
 HANDLE os_handle(const io::File& f) { return reinterpret_cast<HANDLE>(_get_osfhandle(f.fd())); }
 
@@ -89,7 +95,7 @@ bool clone_unsupported(DWORD err) {
 }
 
 uint64_t cluster_size_of(const std::string& path) {
-    std::wstring w = io::widen(io::absolute(path));
+    std::wstring w = io::win_path(io::absolute(path));
     std::vector<wchar_t> root(w.size() + 2);
     if (!GetVolumePathNameW(w.c_str(), root.data(), DWORD(root.size()))) return 0;
     DWORD spc = 0, bps = 0, free_clusters = 0, total = 0;

@@ -82,21 +82,74 @@ int errno_from_win32(unsigned long err) {
             return EINVAL;
         case ERROR_WRITE_PROTECT:
             return EROFS;
+        case ERROR_FILENAME_EXCED_RANGE:
+            return ENAMETOOLONG;
+        case ERROR_DIRECTORY:
+            return ENOTDIR;
         default:
             return EIO;
     }
+}
+
+std::wstring win_path(const std::string& utf8) {
+    std::wstring w = widen(utf8);
+    auto verbatim = [](const std::wstring& s) {
+        return s.compare(0, 4, L"\\\\?\\") == 0 || s.compare(0, 4, L"\\\\.\\") == 0;
+    };
+    // 248, not 260: CreateDirectoryW leaves room for an 8.3 name (Rust's std does the same).
+    if (w.size() < 248 || verbatim(w)) return w;
+    DWORD n = GetFullPathNameW(w.c_str(), 0, nullptr, nullptr);
+    if (n == 0) return w;  // let the call that uses it fail with the real error
+    std::wstring full(n, L'\0');
+    n = GetFullPathNameW(w.c_str(), n, &full[0], nullptr);
+    if (n == 0 || n >= full.size()) return w;
+    full.resize(n);
+    if (verbatim(full)) return full;
+    if (full.compare(0, 2, L"\\\\") == 0) return L"\\\\?\\UNC\\" + full.substr(2);
+    return L"\\\\?\\" + full;
 }
 #endif
 
 namespace {
 #ifdef _WIN32
+// CreateFileW and friends on win_path(): UTF-8 names and paths longer than MAX_PATH (the CRT's
+// _wopen/_wstat64 would pass a long path through unprefixed, and fail on it).
 using stat_t = struct _stat64;
 int do_fstat(int fd, stat_t* st) { return _fstat64(fd, st); }
-int do_lstat(const char* p, stat_t* st) { return _wstat64(widen(p).c_str(), st); }
-int do_open(const std::string& p, int flags, int mode = 0) {
-    return _wopen(widen(p).c_str(), flags, mode);
+int fail_win32() {
+    errno = errno_from_win32(GetLastError());
+    return -1;
 }
-int do_unlink(const std::string& p) { return _wunlink(widen(p).c_str()); }
+// Only what callers read: the file type (and size). Like lstat, a symlink is not followed.
+int do_lstat(const char* p, stat_t* st) {
+    WIN32_FILE_ATTRIBUTE_DATA a{};
+    if (!GetFileAttributesExW(win_path(p).c_str(), GetFileExInfoStandard, &a)) return fail_win32();
+    *st = stat_t{};
+    st->st_mode = (a.dwFileAttributes & FILE_ATTRIBUTE_DIRECTORY) ? _S_IFDIR : _S_IFREG;
+    st->st_size = int64_t(uint64_t(a.nFileSizeHigh) << 32 | a.nFileSizeLow);
+    return 0;
+}
+// O_RDONLY or O_RDWR, with O_CREAT|O_EXCL; `mode` is POSIX-only. The handle is not inherited
+// by child processes (like O_CLOEXEC), and the file can be renamed or deleted while open.
+int do_open(const std::string& p, int flags, int mode = 0) {
+    (void)mode;
+    const bool write = (flags & (O_WRONLY | O_RDWR)) != 0;
+    const DWORD disposition =
+        (flags & O_CREAT) ? ((flags & O_EXCL) ? CREATE_NEW : OPEN_ALWAYS) : OPEN_EXISTING;
+    HANDLE h = CreateFileW(win_path(p).c_str(), GENERIC_READ | (write ? GENERIC_WRITE : 0),
+                           FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, nullptr,
+                           disposition, FILE_ATTRIBUTE_NORMAL, nullptr);
+    if (h == INVALID_HANDLE_VALUE) return fail_win32();
+    int fd = _open_osfhandle(intptr_t(h), _O_BINARY);  // access comes from the handle
+    if (fd < 0) {
+        CloseHandle(h);
+        errno = EMFILE;
+    }
+    return fd;
+}
+int do_unlink(const std::string& p) {
+    return DeleteFileW(win_path(p).c_str()) ? 0 : fail_win32();
+}
 #else
 using stat_t = struct stat;
 int do_fstat(int fd, stat_t* st) { return ::fstat(fd, st); }
@@ -264,6 +317,13 @@ static bool is_sep(char c) {
 #endif
 }
 
+// The separator joins use: '\\' on Windows, where a `\\?\` path takes no '/'.
+#ifdef _WIN32
+static const char* const kSep = "\\";
+#else
+static const char* const kSep = "/";
+#endif
+
 std::string dirname(const std::string& path) {
     size_t i = path.size();
     while (i > 0 && !is_sep(path[i - 1])) --i;
@@ -277,7 +337,7 @@ std::string resolve_relative(const std::string& base_file, const std::string& re
     if (is_absolute(rel)) return rel;
     std::string d = dirname(base_file);
     if (d == ".") return rel;
-    return is_sep(d.back()) ? d + rel : d + "/" + rel;  // "/" or "C:\\": no doubled separator
+    return is_sep(d.back()) ? d + rel : d + kSep + rel;  // "/" or "C:\\": no doubled separator
 }
 
 std::string absolute(const std::string& path) {
@@ -292,7 +352,7 @@ std::string absolute(const std::string& path) {
     if (!::getcwd(buf, sizeof buf)) throw_errno("cannot get current directory", path);
     std::string d = buf;
 #endif
-    return is_sep(d.back()) ? d + path : d + "/" + path;
+    return is_sep(d.back()) ? d + path : d + kSep + path;
 }
 
 // ---- AtomicOutput ----
@@ -311,7 +371,8 @@ static std::string temp_name_for(const std::string& final_path) {
     std::snprintf(suffix, sizeof suffix, ".%016llx.tmp", (unsigned long long)r);
     bool has_dir = false;
     for (char c : final_path) has_dir = has_dir || is_sep(c);
-    return (has_dir ? d + "/" : std::string()) + "." + base + suffix;
+    if (has_dir && !is_sep(d.back())) d += kSep;  // "/" or "C:\\": no doubled separator
+    return (has_dir ? d : std::string()) + "." + base + suffix;
 }
 
 AtomicOutput::AtomicOutput(std::string final_path, bool overwrite, bool durable)
@@ -350,7 +411,7 @@ void AtomicOutput::commit() {
     if (durable_) file_.sync();
     file_.close();
 #ifdef _WIN32
-    if (!MoveFileExW(widen(temp_path_).c_str(), widen(final_path_).c_str(),
+    if (!MoveFileExW(win_path(temp_path_).c_str(), win_path(final_path_).c_str(),
                      MOVEFILE_WRITE_THROUGH | (overwrite_ ? MOVEFILE_REPLACE_EXISTING : 0))) {
         int e = errno_from_win32(GetLastError());
         if (e == EEXIST) throw PathError(e, "destination already exists", final_path_);

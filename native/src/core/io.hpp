@@ -118,6 +118,12 @@ std::string absolute(const std::string& path);  // realpath-free absolutization 
 std::wstring widen(const std::string& utf8);  // std::invalid_argument if not UTF-8
 std::string narrow(const std::wstring& utf16);
 int errno_from_win32(unsigned long err);       // GetLastError() -> errno value
+// The wide path handed to CreateFileW and friends: `widen(utf8)` unchanged when it is short
+// (< 248 characters, the CreateDirectoryW limit) or already a `\\?\` / `\\.\` path; else
+// made absolute and normalized by GetFullPathNameW ('/' -> '\\', "." and ".." resolved) and
+// prefixed with `\\?\` (`\\?\UNC\` for `\\server\share`), which lifts MAX_PATH (260) on
+// every Windows version without the LongPathsEnabled opt-in.
+std::wstring win_path(const std::string& utf8);
 #endif
 
 }  // namespace agent_swarm::io

@@ -487,6 +487,15 @@ std::optional<std::string> relative_win(const std::vector<std::string>& from,
 using io::narrow;
 using io::widen;
 
+// The plain Win32 form of a long-path (`\\?\`) one: `\\?\C:\a` -> `C:\a`,
+// `\\?\UNC\server\share` -> `\\server\share`; anything else unchanged.
+std::wstring plain_form(const std::wstring& p) {
+    if (p.compare(0, 8, L"\\\\?\\UNC\\") == 0) return L"\\\\" + p.substr(8);
+    if (p.compare(0, 4, L"\\\\?\\") == 0 && p.size() > 5 && p[5] == L':') return p.substr(4);
+    return p;
+}
+
+// Absolute and normalized, in the plain form a parent locator records.
 std::wstring full_path(const std::string& p) {
     std::wstring w = widen(p);
     DWORD n = GetFullPathNameW(w.c_str(), 0, nullptr, nullptr);
@@ -494,7 +503,7 @@ std::wstring full_path(const std::string& p) {
     std::wstring out(n, L'\0');
     n = GetFullPathNameW(w.c_str(), n, &out[0], nullptr);
     out.resize(n);
-    return out;
+    return plain_form(out);
 }
 
 // "C:\a\b" -> root "C:", components {a, b}; "\\server\share\a" -> root "\\server\share".
@@ -539,11 +548,16 @@ LocatorPaths locator_paths(const std::string& child, const std::string& parent) 
     if (!proot.empty() && CompareStringOrdinal(widen(proot).c_str(), -1, widen(croot).c_str(), -1,
                                                TRUE) == CSTR_EQUAL)
         lp.relative = relative_win(cc, pc, true);
+    // Asked with the long-path form (a parent deeper than MAX_PATH); the mount point is
+    // compared in the plain form, whichever form the answer comes in.
     wchar_t mount[MAX_PATH + 1], volume[64];
-    if (GetVolumePathNameW(parent_full.c_str(), mount, MAX_PATH + 1) &&
+    if (GetVolumePathNameW(io::win_path(pabs).c_str(), mount, MAX_PATH + 1) &&
         GetVolumeNameForVolumeMountPointW(mount, volume, 64)) {
-        size_t ml = wcslen(mount);
-        if (parent_full.size() >= ml) lp.volume = narrow(volume) + narrow(parent_full.substr(ml));
+        std::wstring m = plain_form(mount);
+        if (parent_full.size() >= m.size() &&
+            CompareStringOrdinal(parent_full.c_str(), int(m.size()), m.c_str(), int(m.size()),
+                                 TRUE) == CSTR_EQUAL)
+            lp.volume = narrow(volume) + narrow(parent_full.substr(m.size()));
     }
     return lp;
 }
