@@ -47,7 +47,11 @@ def _test_providers() -> dict[str, str]:
 
 
 INSTALL_HINTS = {
-    "libvirt": "pip install 'agent-swarm[libvirt]' (needs libvirt-dev and pkg-config to build)",
+    # libvirt-python has no wheels: the distribution's package (python3-libvirt) needs no
+    # compiler; the same text as the probe's (providers/libvirt/probe.py).
+    "libvirt": "apt install python3-libvirt and use a venv with --system-site-packages "
+    "(pipx install --python /usr/bin/python3 --system-site-packages agent-swarm), or build "
+    "it: apt install libvirt-dev pkg-config gcc python3-dev && pip install 'agent-swarm[libvirt]'",
 }
 
 

@@ -11,6 +11,14 @@ import sys
 from agent_swarm.providers._probe_util import implementation_check, unix_socket_accepts
 from agent_swarm.providers.base import Check, ProbeResult
 
+# libvirt-python has no wheels: the distribution's build needs no compiler (a venv made with
+# --system-site-packages sees it); else pip builds it (README, "Install").
+LIBVIRT_PYTHON_HINT = (
+    "apt install python3-libvirt and install agent-swarm with the system Python into a venv that "
+    "sees it (pipx install --python /usr/bin/python3 --system-site-packages agent-swarm); or "
+    "build it: apt install libvirt-dev pkg-config gcc python3-dev && "
+    "pip install 'agent-swarm[libvirt]'"
+)
 LIBVIRT_SOCKETS = ("/run/libvirt/libvirt-sock", "/var/run/libvirt/libvirt-sock")
 QEMU_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
@@ -32,9 +40,7 @@ def probe() -> ProbeResult:
             "libvirt-python",
             has_binding,
             "installed" if has_binding else "the libvirt Python binding is not installed",
-            hint=None
-            if has_binding
-            else "apt install libvirt-dev pkg-config && pip install 'agent-swarm[libvirt]'",
+            hint=None if has_binding else LIBVIRT_PYTHON_HINT,
         )
     )
     qemu = qemu_binary()
