@@ -30,7 +30,14 @@ Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def qemu_img(*args: str | Path) -> None:
-    subprocess.run(["qemu-img", *map(str, args)], check=True, capture_output=True)
+    # QEMU's LUKS set-up times its PBKDF with the thread's CPU clock and now and then reads a
+    # zero interval ("Unable to get accurate CPU usage": about 1 run in 12 here): try again.
+    for _ in range(5):
+        r = subprocess.run(["qemu-img", *map(str, args)], capture_output=True, text=True)
+        if r.returncode == 0 or "Unable to get accurate CPU usage" not in r.stderr:
+            break
+    if r.returncode != 0:
+        raise AssertionError(f"qemu-img {' '.join(map(str, args))}: {r.stderr.strip()}")
 
 
 def qcow2(path: Path, *opts: str | Path, size: str = "64M") -> Path:
