@@ -61,6 +61,9 @@ start_libvirt() {
 
 as_setup() {
   ensure_apt "${BASE_APT[@]}" "${LINUX_APT[@]}" "$@"
+  # Every tool the test suite uses is now installed: a missing one is a failure, not a skip
+  # (tests/tests_support.py strict_tools).
+  export AGENT_SWARM_STRICT_TOOLS=1
   ensure_venv
   install_agent_swarm
   export PATH="$VENV/bin:$PATH"

@@ -10,6 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+STRICT_TOOLS_ENV = "AGENT_SWARM_STRICT_TOOLS"
+
+
+def strict_tools() -> bool:
+    """Whether a missing test tool is a failure rather than a skip: set (=1) by ci/lib.sh's
+    as_setup, which installs every tool the suite uses (the README's test command and .ci/run).
+    Not `CI`: GitHub sets that on the macOS and Windows jobs too, which lack the Linux tools."""
+    return os.environ.get(STRICT_TOOLS_ENV) == "1"
+
 
 def agent_swarm_cmd() -> list[str]:
     exe = Path(sys.executable).with_name("agent-swarm")

@@ -8,8 +8,9 @@ object with LIEF and check that every selector it sends and every class it refer
 the scan. The plant-an-error tests show each check fails on a broken copy of the file.
 
 Needs the ``macos-check`` extra (ziglang, lief) and PyPI (pyobjc's sdists, cached under
-``~/.cache/agent-swarm/fwinfo``). Without them: skipped locally, failed under CI. On macOS the
-real SDK build (ci/macos.sh) is the check, so this module skips there.
+``~/.cache/agent-swarm/fwinfo``). Without them: skipped, or failed where ci/lib.sh set the
+machine up (AGENT_SWARM_STRICT_TOOLS). On macOS the real SDK build (ci/macos.sh) is the check,
+so this module skips there.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from support import fwinfo_header as fw
+from tests_support import strict_tools
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO / "native" / "vz" / "src" / "darwin" / "vz_backend.mm"
@@ -101,8 +103,10 @@ OWN_CLASSES = {"ASVZDelegate"}
 
 
 def _missing(what: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} (CI installs the macos-check extra: pip install '.[macos-check]')")
+    if strict_tools():
+        pytest.fail(
+            f"{what} (ci/lib.sh installs the macos-check extra: pip install '.[macos-check]')"
+        )
     pytest.skip(what)
 
 

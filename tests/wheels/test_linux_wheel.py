@@ -9,8 +9,9 @@ the installed package. The sdist's file list is checked too.
 
 A cold build (zig compiles libc++ once) takes ~4 minutes, a warm one ~40 s (zig's cache is in
 ~/.cache/agent-swarm/zig-wheels); docs/wheels.md has the numbers. Needs network access to the
-package index (the tool venv, the fresh venv). Skipped off Linux; with CI set, a missing tool
-fails instead of skipping. AGENT_SWARM_WHEELHOUSE=DIR keeps the wheel and the sdist there.
+package index (the tool venv, the fresh venv). Skipped off Linux; where ci/lib.sh set the
+machine up (AGENT_SWARM_STRICT_TOOLS), a missing tool fails instead of skipping.
+AGENT_SWARM_WHEELHOUSE=DIR keeps the wheel and the sdist there.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from pathlib import Path
 
 import pytest
 
+from tests_support import STRICT_TOOLS_ENV, strict_tools
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "ci" / "build-wheels.sh"
 ARCH = platform.machine()
@@ -51,9 +54,9 @@ pytestmark = [
 
 
 def missing(what: str) -> None:
-    """Skip, or under CI fail: CI must run this test."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} (CI is set: this test must run)")
+    """Skip, or where ci/lib.sh set the machine up, fail: there this test must run."""
+    if strict_tools():
+        pytest.fail(f"{what} ({STRICT_TOOLS_ENV} is set: this test must run)")
     pytest.skip(what)
 
 
