@@ -475,7 +475,7 @@ class FakeHyperV:
             return answer  # no lease yet / no network
         if not vm.kvp and not self.neighbors.get(_dashed(vm.mac)):
             self._leases += 1
-            lease = f"172.23.{(self._leases >> 8) & 255}.{self._leases & 255 or 1}"
+            lease = f"198.51.100.{self._leases & 255 or 1}"  # TEST-NET-2: data only
             if self.kvp:
                 vm.kvp = [lease, "fe80::215:5dff:fe00:1"]
             else:

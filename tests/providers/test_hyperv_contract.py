@@ -428,7 +428,7 @@ def test_addresses_kvp_then_the_neighbour_cache(
         with pytest.raises(Timeout, match="no address yet"):
             p.ssh_endpoint(spec)
     ep = p.ssh_endpoint(spec)
-    assert (ep.host, ep.port, ep.user) == ("172.23.0.1", 22, "worker")
+    assert (ep.host, ep.port, ep.user) == ("198.51.100.1", 22, "worker")
 
     # A guest without hv_kvp_daemon: the host's ARP cache knows it by its MAC.
     other = make("task", "t2")
@@ -437,7 +437,7 @@ def test_addresses_kvp_then_the_neighbour_cache(
     p.define(other)
     p.start(other)
     ep = p.ssh_endpoint(other)
-    assert ep.host == "172.23.0.2"
+    assert ep.host == "198.51.100.2"
     mac = host.vm(p.vm_name("task", "t2")).mac
     assert host.neighbors["-".join(mac[i : i + 2] for i in range(0, 12, 2))] == ep.host
 
@@ -445,9 +445,9 @@ def test_addresses_kvp_then_the_neighbour_cache(
 def test_address_choice() -> None:
     from agent_swarm.providers.hyperv.provider import pick_address
 
-    assert pick_address(["fe80::1", "169.254.3.4", "172.20.1.5"], []) == "172.20.1.5"
-    assert pick_address([], ["0.0.0.0", "127.0.0.1", "224.0.0.1", "172.20.1.6"]) == "172.20.1.6"
-    assert pick_address(["10.0.0.1"], ["172.20.1.6"]) == "10.0.0.1"  # KVP first
+    assert pick_address(["fe80::1", "169.254.3.4", "203.0.113.5"], []) == "203.0.113.5"
+    assert pick_address([], ["0.0.0.0", "127.0.0.1", "224.0.0.1", "203.0.113.6"]) == "203.0.113.6"
+    assert pick_address(["198.51.100.9"], ["203.0.113.6"]) == "198.51.100.9"  # KVP first
     assert pick_address(["1.2.3.4; rm -rf /", 7, None], "x") is None
 
 

@@ -180,7 +180,7 @@ def test_bad_ip_rejected(vz_helper_bin: Path, tmp_path: Path, ip: str) -> None:
 
 
 def test_edge_ips_accepted(vz_helper_bin: Path, tmp_path: Path) -> None:
-    for ip in ("0.0.0.0", "255.255.255.255", "10.0.0.1", "127.0.0.1"):
+    for ip in ("0.0.0.0", "255.255.255.255", "203.0.113.1", "127.0.0.1"):
         assert address_of(vz_helper_bin, tmp_path, block(ip=ip)) == ip
 
 
