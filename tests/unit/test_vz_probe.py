@@ -99,3 +99,23 @@ def test_is_helper_of_reads_the_command_line(monkeypatch: pytest.MonkeyPatch) ->
     assert not hp.is_helper_of(105, d)
     assert not hp.is_helper_of(106, d)  # gone
     assert not hp.is_helper_of(1, d) and not hp.is_helper_of(2**40, d)
+
+
+def test_vm_checks_run_two_tools_and_judge_their_output() -> None:
+    """check_host's checks: only sysctl and codesign run (no CPU name, no diskutil, no second
+    `--version`), and their answers decide."""
+    from agent_swarm.providers.vz.probe import vm_checks
+
+    calls: list[list[str]] = []
+
+    def run(cmd: list[str]) -> tuple[int, str, str]:
+        calls.append(cmd)
+        if cmd[0] == "sysctl":
+            return 0, "0\n", ""
+        return 0, ents_xml({ENTITLEMENT: True}), ""
+
+    checks = {c.name: c for c in vm_checks(BIN, run)}
+    assert [c[0] for c in calls] == ["sysctl", "codesign"]
+    assert not checks["hypervisor"].ok and "this Mac" in checks["hypervisor"].detail
+    assert checks["signature"].ok
+    assert set(checks) == {"macos", "hypervisor", "signature"}

@@ -435,7 +435,3 @@ def wait_exit(vm_dir: Path, timeout: float) -> bool:
             return False
         time.sleep(0.05)
     return True
-
-
-def is_macos() -> bool:
-    return sys.platform == "darwin"

@@ -127,6 +127,21 @@ def mount_point(path: Path) -> Path:
     return p
 
 
+def vm_checks(binary: Path, run: Runner = _run) -> list[Check]:
+    """What a VM start needs from this Mac, for the provider's check_host (run once per
+    command: two subprocesses): macOS version, hypervisor, the helper's entitlement. The
+    helper's own `--version` the provider runs itself."""
+    hv = run(["sysctl", "-n", "kern.hv_support"])[1]
+    signed = entitlement_check(
+        binary, *run(["codesign", "-d", "--entitlements", "-", "--xml", str(binary)])
+    )
+    return [
+        macos_check(platform.mac_ver()[0]),
+        cpu_check("this Mac", platform.machine(), hv),
+        signed,
+    ]
+
+
 def probe(run: Runner = _run) -> ProbeResult:
     checks: list[Check] = []
     desc = "macOS Virtualization.framework"

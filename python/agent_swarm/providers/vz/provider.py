@@ -118,12 +118,12 @@ class VZProvider(Provider):
                     f"{self.binary} was built with the {v.backend} backend, not VZ",
                     hint=f"unset {hp.HELPER_ENV} or reinstall agent-swarm",
                 )
-            # The same checks `agent-swarm providers` shows (macOS version, hypervisor,
-            # helper, its entitlement): the first required one that fails, with its fix.
-            from agent_swarm.providers.vz.probe import probe
+            # The required checks `agent-swarm providers` shows (macOS version, hypervisor,
+            # the helper's entitlement; the helper runs, above): the first that fails, with
+            # its fix. Not the whole probe: no CPU name or APFS look-up on every command.
+            from agent_swarm.providers.vz.probe import vm_checks
 
-            result = probe()
-            for c in result.checks:
+            for c in vm_checks(self.binary):
                 if c.required and not c.ok:
                     raise ProviderUnavailable(f"{c.name}: {c.detail}", hint=c.hint)
         elif v.backend != "fake":
