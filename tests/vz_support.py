@@ -4,6 +4,7 @@ Importable: tests/ is on sys.path (tests/conftest.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,6 +58,24 @@ def build_vz_helper(build: Path) -> Path:
     if not binary.exists():
         pytest.fail(f"build finished but {binary} is missing")
     return binary
+
+
+def write_config(vm_dir: Path, **fake: Any) -> Path:
+    """A helper's vm.json in ``vm_dir`` (made if missing), with fake-backend knobs."""
+    vm_dir.mkdir(parents=True, exist_ok=True)
+    cfg = {
+        "name": "t1",
+        "dir": str(vm_dir),
+        "cpus": 2,
+        "memory_mib": 1024,
+        "disk": str(vm_dir / "disk.img"),
+        "mac": "52:54:00:12:34:56",
+        "console_log": str(vm_dir / "console.log"),
+        "fake": {"boot_ms": 50, **fake},
+    }
+    path = vm_dir / "vm.json"
+    path.write_text(json.dumps(cfg))
+    return path
 
 
 def _run(cmd: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:

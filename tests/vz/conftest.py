@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from vz_support import build_vz_helper
+from vz_support import build_vz_helper, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO / "native" / "vz"
@@ -97,23 +97,6 @@ class Helper:
 
     def stderr(self) -> str:
         return self.log.read_text()
-
-
-def write_config(vm_dir: Path, **fake: Any) -> Path:
-    vm_dir.mkdir(parents=True, exist_ok=True)
-    cfg = {
-        "name": "t1",
-        "dir": str(vm_dir),
-        "cpus": 2,
-        "memory_mib": 1024,
-        "disk": str(vm_dir / "disk.img"),
-        "mac": "52:54:00:12:34:56",
-        "console_log": str(vm_dir / "console.log"),
-        "fake": {"boot_ms": 50, **fake},
-    }
-    path = vm_dir / "vm.json"
-    path.write_text(json.dumps(cfg))
-    return path
 
 
 @pytest.fixture

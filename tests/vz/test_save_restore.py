@@ -10,25 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vz_support import write_config
+
 Spawn = Callable[..., Any]
-
-
-def write_config(vm_dir: Path, **fake: Any) -> Path:
-    """The same vm.json the spawn_helper fixture writes (it rewrites it when it spawns)."""
-    vm_dir.mkdir(parents=True, exist_ok=True)
-    cfg = {
-        "name": "t1",
-        "dir": str(vm_dir),
-        "cpus": 2,
-        "memory_mib": 1024,
-        "disk": str(vm_dir / "disk.img"),
-        "mac": "52:54:00:12:34:56",
-        "console_log": str(vm_dir / "console.log"),
-        "fake": {"boot_ms": 50, **fake},
-    }
-    path = vm_dir / "vm.json"
-    path.write_text(json.dumps(cfg))
-    return path
 
 
 def run_cli(binary: Path, *args: str) -> subprocess.CompletedProcess[str]:
